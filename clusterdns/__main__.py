@@ -1,0 +1,5 @@
+"""``python -m clusterdns``."""
+
+from clusterdns.cli import entry
+
+entry()

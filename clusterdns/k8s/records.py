@@ -1,0 +1,147 @@
+"""Pure derivation: Kubernetes objects -> DNS records, per the Kubernetes DNS-Based Service
+Discovery specification 1.1.0, with CoreDNS's behaviour where the spec is silent.
+
+Every function returns ``{name: [(rtype, value), ...]}``; a name mapped to ``[]`` exists with no
+records (it answers NODATA). Names are lower-case and fully qualified.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from clusterdns.k8s.objects import Endpoint, EndpointSlice, Namespace, Pod, Service
+from clusterdns.wire import T_A, T_AAAA, T_CNAME, T_PTR, T_SRV
+
+Records = dict[str, list[tuple[int, object]]]
+
+POD_GONE_PHASES = ("Succeeded", "Failed", "Unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What the kubernetes plugin's options change in the records."""
+
+    zones: tuple[str, ...] = ("cluster.local.",)  # forward zones; zones[0] is the PTR target zone
+    endpoint_pod_names: bool = False
+    noendpoints: bool = False
+    ignore_empty_service: bool = False
+
+
+def addr_type(ip: str) -> int:
+    return T_AAAA if ":" in ip else T_A
+
+
+def reverse_name(ip: str) -> str:
+    return ipaddress.ip_address(ip).reverse_pointer + "."
+
+
+def dashed(ip: str) -> str:
+    """An IP as one DNS label: 172-17-66-2, 2001-db8--1 (a leading or trailing dash gets a 0)."""
+    label = ip.replace(".", "-").replace(":", "-")
+    if label.startswith("-"):
+        label = "0" + label
+    if label.endswith("-"):
+        label += "0"
+    return label
+
+
+def endpoint_label(ep: Endpoint, addr: str, opts: Options) -> str:
+    """hostname, else (with endpoint_pod_names) the pod's name, else the dashed IP."""
+    if ep.hostname:
+        return ep.hostname
+    if opts.endpoint_pod_names and ep.pod_name:
+        return ep.pod_name
+    return dashed(addr)
+
+
+def _add(recs: Records, name: str, rtype: int, value: object) -> None:
+    rrs = recs.setdefault(name, [])
+    if (rtype, value) not in rrs:
+        rrs.append((rtype, value))
+
+
+def _srv(recs: Records, name: str, entries: list[tuple[int, str]]) -> None:
+    """An SRV RRset: priority 0, weight floor(100/N) (at least 1), as CoreDNS writes it."""
+    unique = sorted(set(entries))
+    weight = max(1, 100 // len(unique)) if unique else 0
+    for port, target in unique:
+        _add(recs, name, T_SRV, (0, weight, port, target))
+
+
+def service_records(svc: Service, slices: Iterable[EndpointSlice], opts: Options) -> Records:
+    """All records one Service owns, given its EndpointSlices."""
+    recs: Records = {}
+    slices = [] if opts.noendpoints else list(slices)
+    ready = [(ep, addr, sl) for sl in slices for ep in sl.endpoints if ep.ready for addr in ep.addresses]
+    if svc.type == "ExternalName":
+        for zone in opts.zones:
+            _add(recs, f"{svc.name}.{svc.namespace}.svc.{zone}", T_CNAME, svc.external_name + ".")
+        return recs
+    if svc.headless and not ready:
+        return recs  # no ready endpoint: the name does not exist (NXDOMAIN)
+    if not svc.headless and opts.ignore_empty_service and not ready:
+        return recs
+    primary = f"{svc.name}.{svc.namespace}.svc.{opts.zones[0]}" if opts.zones else ""
+    for zone in opts.zones:
+        base = f"{svc.name}.{svc.namespace}.svc.{zone}"
+        srv_all: list[tuple[int, str]] = []
+        srv_named: dict[str, list[tuple[int, str]]] = {}
+        if svc.headless:
+            for ep, addr, sl in ready:
+                _add(recs, base, addr_type(addr), addr)
+                target = f"{endpoint_label(ep, addr, opts)}.{base}"
+                for p in sl.ports:
+                    srv_all.append((p.port, target))
+                    if p.name:
+                        srv_named.setdefault(f"_{p.name}._{p.protocol}.{base}", []).append((p.port, target))
+        else:
+            for ip in svc.cluster_ips:
+                _add(recs, base, addr_type(ip), ip)
+            for p in svc.ports:
+                srv_all.append((p.port, base))
+                if p.name:
+                    srv_named.setdefault(f"_{p.name}._{p.protocol}.{base}", []).append((p.port, base))
+        _srv(recs, base, srv_all)
+        for name, entries in srv_named.items():
+            _srv(recs, name, entries)
+        for ep, addr, _sl in ready:
+            _add(recs, f"{endpoint_label(ep, addr, opts)}.{base}", addr_type(addr), addr)
+    if primary:
+        for ip in svc.cluster_ips:
+            _add(recs, reverse_name(ip), T_PTR, primary)
+        for ep, addr, _sl in ready:
+            _add(recs, reverse_name(addr), T_PTR, f"{endpoint_label(ep, addr, opts)}.{primary}")
+    return recs
+
+
+def namespace_records(ns: Namespace | str, opts: Options) -> Records:
+    """An existing namespace: ``<ns>.svc.<zone>`` (and ``<ns>.pod.<zone>``) exist, with no records."""
+    name = ns if isinstance(ns, str) else ns.name
+    recs: Records = {}
+    for zone in opts.zones:
+        recs[f"{name}.svc.{zone}"] = []
+        recs[f"{name}.pod.{zone}"] = []
+    return recs
+
+
+def pod_records(pod: Pod, opts: Options) -> Records:
+    """``a-b-c-d.<ns>.pod.<zone>`` for a running Pod (served with ``pods verified``)."""
+    recs: Records = {}
+    if pod.phase in POD_GONE_PHASES:
+        return recs
+    for zone in opts.zones:
+        for ip in pod.ips:
+            _add(recs, f"{dashed(ip)}.{pod.namespace}.pod.{zone}", addr_type(ip), ip)
+    return recs
+
+
+def pod_ip_from_label(label: str) -> str | None:
+    """The IP a dashed pod label stands for (``pods insecure``), or None if it is not one."""
+    for candidate in (label.replace("-", "."), label.replace("-", ":")):
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return None

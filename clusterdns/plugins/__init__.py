@@ -1,0 +1,1 @@
+"""One module per plugin; each registers its setup with ``clusterdns.plugin.register``."""

@@ -1,0 +1,100 @@
+"""Routing one query: read it, pick the server block by longest zone match, run its chain,
+and send the finished bytes back; bad input gets FORMERR/NOTIMP/REFUSED or is dropped.
+
+The chain's coroutine is driven by hand (``coro.send``) so a query answered without waiting
+(every cluster name, every cache hit) costs no asyncio Task; only a query that really suspends
+(forwarding upstream) is resumed from its future's callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from clusterdns.plugin import REFUSED, SERVFAIL, Next, Request, Response
+from clusterdns.wire import C_IN, WireError, error_reply, finalize, parse_query, reply
+
+log = logging.getLogger("clusterdns.server")
+
+Send = Callable[[bytes, Any], None]  # (wire, client address)
+Observer = Callable[[Request, Response, int], None]  # (request, response, bytes sent)
+
+
+class Dispatcher:
+    """The zones served on one listener, each with its chain."""
+
+    def __init__(self) -> None:
+        self.zones: dict[str, tuple[Next, str]] = {}  # zone -> (chain, server label)
+        self.observers: list[Observer] = []  # called with every answered request (metrics)
+        self.inflight = 0
+
+    def add(self, zone: str, chain: Next, server_label: str) -> None:
+        self.zones[zone] = (chain, server_label)
+
+    def route(self, qname: str) -> tuple[str, Next, str] | None:
+        """The longest zone that contains ``qname``."""
+        name = qname
+        while True:
+            hit = self.zones.get(name)
+            if hit is not None:
+                return name, hit[0], hit[1]
+            if name == ".":
+                return None
+            dot = name.find(".")
+            name = name[dot + 1 :] or "."
+
+    def handle(self, data: bytes, proto: str, client: Any, send: Send) -> None:
+        """Answer one raw query, now or (if the chain suspends) later, through ``send``."""
+        try:
+            req = parse_query(data, proto, client)
+        except WireError as e:
+            if e.rcode is not None:
+                send(error_reply(e.req, data, e.rcode), client)
+            return
+        if req.qclass != C_IN:
+            self._finish(req, Response(reply(req, REFUSED), REFUSED), send)
+            return
+        hit = self.route(req.qname)
+        if hit is None:
+            req.zone = "dropped"
+            self._finish(req, Response(reply(req, REFUSED), REFUSED), send)
+            return
+        req.zone, chain, req.server = hit
+        self.run(req, chain, send)
+
+    def run(self, req: Request, chain: Next, send: Send) -> None:
+        coro = chain(req)
+        self.inflight += 1
+        self._step(coro, req, send)
+
+    def _step(self, coro: Coroutine[Any, Any, Response], req: Request, send: Send) -> None:
+        try:
+            fut = coro.send(None)
+        except StopIteration as stop:
+            self.inflight -= 1
+            self._finish(req, stop.value, send)
+            return
+        except Exception as e:  # `errors` normally catches first; never let a query kill us
+            self.inflight -= 1
+            log.error("[ERROR] %d %s %d: %s: %s", SERVFAIL, req.qname, req.qtype, type(e).__name__, e)
+            self._finish(req, Response(reply(req, SERVFAIL), SERVFAIL), send)
+            return
+        resume = lambda _f=None: self._step(coro, req, send)  # noqa: E731
+        if fut is None:  # a bare yield (asyncio.sleep(0))
+            asyncio.get_running_loop().call_soon(resume)
+        else:
+            fut._asyncio_future_blocking = False
+            fut.add_done_callback(resume)
+
+    def _finish(self, req: Request, resp: Response, send: Send) -> None:
+        try:
+            wire = finalize(resp.wire, req, resp.has_opt)
+        except Exception as e:  # a plugin produced a broken message
+            log.error("[ERROR] cannot finish the answer to %s: %s", req.qname, e)
+            wire = finalize(reply(req, SERVFAIL), req, False)
+            resp = Response(wire, SERVFAIL)
+        for observe in self.observers:
+            observe(req, resp, len(wire))
+        send(wire, req.client)

@@ -1,0 +1,108 @@
+"""The index: owners' contributions, empty non-terminals, prepared answers and their invalidation."""
+
+from __future__ import annotations
+
+from dnslib import DNSRecord
+
+from clusterdns.k8s.index import Index
+from clusterdns.k8s.objects import from_dict
+from clusterdns.k8s.records import Options
+from clusterdns.k8s.store import Filters, Store
+from clusterdns.k8s.selector import parse as selector
+from clusterdns.plugin import NOERROR
+from clusterdns.wire import T_A, T_SRV, parse_query
+
+ZONE = "cluster.local."
+
+
+def query(name: str, qtype: str = "A") -> bytes:
+    return bytes(DNSRecord.question(name, qtype).pack())
+
+
+def test_set_replace_and_remove_tracks_empty_non_terminals() -> None:
+    idx = Index([ZONE], 5)
+    idx.set("svc/a", {"_http._tcp.a.ns.svc.cluster.local.": [(T_SRV, (0, 100, 80, "a.ns.svc.cluster.local."))]})
+    for ent in ("_tcp.a.ns.svc.cluster.local.", "a.ns.svc.cluster.local.", "ns.svc.cluster.local.", "svc.cluster.local."):
+        assert idx.exists(ent)
+    assert not idx.exists("cluster.local.")  # the apex is the plugin's business
+    assert idx.answer("a.ns.svc.cluster.local.", T_A) is not None  # NODATA, not NXDOMAIN
+    idx.set("svc/a", {})
+    assert not idx.exists("ns.svc.cluster.local.")
+    assert idx.answer("a.ns.svc.cluster.local.", T_A) is None
+
+
+def test_two_owners_of_one_name_merge() -> None:
+    idx = Index([ZONE], 5)
+    idx.set("svc/a", {"1.0.0.10.in-addr.arpa.": [(12, "a.ns.svc.cluster.local.")]})
+    idx.set("svc/b", {"1.0.0.10.in-addr.arpa.": [(12, "b.ns.svc.cluster.local.")]})
+    assert len(idx.records("1.0.0.10.in-addr.arpa.")) == 2
+    idx.set("svc/a", {})
+    assert idx.records("1.0.0.10.in-addr.arpa.") == [(12, "b.ns.svc.cluster.local.")]
+
+
+def test_prepared_answer_is_invalidated_on_change() -> None:
+    idx = Index([ZONE], 5)
+    idx.set("svc/a", {"a.ns.svc.cluster.local.": [(T_A, "10.0.0.1")]})
+    req = parse_query(query("A.ns.svc.cluster.local"), "udp", ("127.0.0.1", 1))
+    first = idx.answer(req.qname, T_A)
+    assert first is not None and first.rcode == NOERROR
+    assert "a.ns.svc.cluster.local." in idx.prepared
+    idx.set("svc/a", {"a.ns.svc.cluster.local.": [(T_A, "10.0.0.2")]})
+    assert "a.ns.svc.cluster.local." not in idx.prepared
+    second = idx.answer(req.qname, T_A)
+    assert second is not None
+    parsed = DNSRecord.parse(second.build(req, idx.soa_rr(ZONE)))
+    assert [str(r.rdata) for r in parsed.rr] == ["10.0.0.2"]
+    assert str(parsed.q.qname) == "A.ns.svc.cluster.local."  # the client's case is echoed
+
+
+def test_unchanged_owner_is_a_no_op() -> None:
+    idx = Index([ZONE], 5)
+    recs = {"a.ns.svc.cluster.local.": [(T_A, "10.0.0.1")]}
+    assert idx.set("svc/a", recs)
+    idx.answer("a.ns.svc.cluster.local.", T_A)
+    assert not idx.set("svc/a", dict(recs))
+    assert "a.ns.svc.cluster.local." in idx.prepared
+
+
+def _svc(name: str, ns: str, labels: dict | None = None) -> dict:
+    return {"kind": "Service", "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
+            "spec": {"clusterIP": "10.0.0.9"}}
+
+
+def test_store_replace_removes_missing_and_namespace_exists_while_objects_live_in_it() -> None:
+    idx = Index([ZONE], 5)
+    store = Store(idx, Options((ZONE,)))
+    store.replace(["Service"], [from_dict(_svc("a", "team")), from_dict(_svc("b", "team"))])
+    assert idx.exists("a.team.svc.cluster.local.") and store.namespace_exists("team")
+    store.replace(["Service"], [from_dict(_svc("b", "team"))])
+    assert not idx.exists("a.team.svc.cluster.local.") and store.namespace_exists("team")
+    store.replace(["Service"], [])
+    assert not store.namespace_exists("team")
+
+
+def test_store_filters_namespaces_and_labels() -> None:
+    idx = Index([ZONE], 5)
+    store = Store(idx, Options((ZONE,)), Filters(namespaces=frozenset({"a"}), labels=selector("app=x")))
+    store.upsert(from_dict(_svc("s1", "a", {"app": "x"})))
+    store.upsert(from_dict(_svc("s2", "a", {"app": "y"})))
+    store.upsert(from_dict(_svc("s3", "b", {"app": "x"})))
+    assert idx.exists("s1.a.svc.cluster.local.")
+    assert not idx.exists("s2.a.svc.cluster.local.")
+    assert not idx.exists("s3.b.svc.cluster.local.") and not store.namespace_exists("b")
+
+
+def test_endpoint_slice_change_rederives_its_service_only() -> None:
+    idx = Index([ZONE], 5)
+    store = Store(idx, Options((ZONE,)))
+    store.upsert(from_dict({"kind": "Service", "metadata": {"name": "h", "namespace": "n"}, "spec": {"clusterIP": "None"}}))
+    store.upsert(from_dict(_svc("other", "n")))
+    idx.answer("other.n.svc.cluster.local.", T_A)
+    slice_ = {"kind": "EndpointSlice", "metadata": {"name": "h-1", "namespace": "n",
+              "labels": {"kubernetes.io/service-name": "h"}}, "endpoints": [{"addresses": ["10.9.0.1"]}]}
+    store.upsert(from_dict(slice_))
+    assert idx.records("h.n.svc.cluster.local.") == [(T_A, "10.9.0.1")]
+    assert "other.n.svc.cluster.local." in idx.prepared  # untouched
+    slice_["endpoints"] = [{"addresses": ["10.9.0.1"], "conditions": {"ready": False}}]
+    store.upsert(from_dict(slice_))
+    assert not idx.exists("h.n.svc.cluster.local.")

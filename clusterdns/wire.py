@@ -137,7 +137,9 @@ def opt_rr(udp_size: int, do: bool, ext_rcode: int = 0) -> bytes:
     return b"\x00" + _RR.pack(T_OPT, udp_size, (ext_rcode << 24) | (0x8000 if do else 0), 0)
 
 
-def reply(req: Request, rcode: int, *, aa: bool = False, body: bytes = b"", counts: tuple[int, int, int] = (0, 0, 0)) -> bytes:
+def reply(
+    req: Request, rcode: int, *, aa: bool = False, body: bytes = b"", counts: tuple[int, int, int] = (0, 0, 0)
+) -> bytes:
     """A reply to ``req``: its ID and question, our flags, ``body`` holding the counted records."""
     flags = QR | (req.flags & (OPCODE_MASK | COPY_FLAGS)) | (AA if aa else 0) | (rcode & 0xF)
     return _H.pack(req.id, flags, 1, *counts) + req.question + body

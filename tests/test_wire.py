@@ -12,14 +12,24 @@ from hypothesis import strategies as st
 
 from clusterdns.plugin import BADVERS, FORMERR, NOTIMP
 from clusterdns.wire import (
-    T_A, T_OPT, WireError, error_reply, finalize, min_ttl, parse_query, reply, scan, truncate,
+    T_A,
+    T_OPT,
+    WireError,
+    error_reply,
+    finalize,
+    min_ttl,
+    parse_query,
+    reply,
+    scan,
+    truncate,
 )
 
 CLIENT = ("127.0.0.1", 5353)
 
 
-def q(name: str = "Nginx-Service.default.svc.cluster.local", qtype: str = "A", edns: int | None = None,
-      do: bool = False) -> bytes:
+def q(
+    name: str = "Nginx-Service.default.svc.cluster.local", qtype: str = "A", edns: int | None = None, do: bool = False
+) -> bytes:
     m = DNSRecord.question(name, qtype)
     if edns is not None:
         m.add_ar(EDNS0(udp_len=edns, flags="do" if do else ""))
@@ -50,17 +60,20 @@ def test_edns_version_above_zero_is_badvers() -> None:
     assert out.rcode() == dns.rcode.BADVERS
 
 
-@pytest.mark.parametrize("data,rcode", [
-    (b"\x12", None),  # shorter than a header: dropped
-    (struct.pack(">HHHHHH", 1, 0, 0, 0, 0, 0), FORMERR),  # QDCOUNT 0
-    (struct.pack(">HHHHHH", 1, 0, 2, 0, 0, 0) + b"\x01a\x00\x00\x01\x00\x01" * 2, FORMERR),  # QDCOUNT 2
-    (struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 0) + b"\x05ab", FORMERR),  # label past the end
-    (struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01", FORMERR),  # pointer loop
-    (struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 0) + b"\x01a\x00\x00", FORMERR),  # no class
-    (struct.pack(">HHHHHH", 1, 0x8000, 1, 0, 0, 0) + b"\x01a\x00\x00\x01\x00\x01", None),  # a response
-    (struct.pack(">HHHHHH", 1, 0x2000, 1, 0, 0, 0) + b"\x01a\x00\x00\x01\x00\x01", NOTIMP),  # opcode 4
-    (struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 1) + b"\x01a\x00\x00\x01\x00\x01" + b"\x00\x00\x29", FORMERR),
-])
+@pytest.mark.parametrize(
+    "data,rcode",
+    [
+        (b"\x12", None),  # shorter than a header: dropped
+        (struct.pack(">HHHHHH", 1, 0, 0, 0, 0, 0), FORMERR),  # QDCOUNT 0
+        (struct.pack(">HHHHHH", 1, 0, 2, 0, 0, 0) + b"\x01a\x00\x00\x01\x00\x01" * 2, FORMERR),  # QDCOUNT 2
+        (struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 0) + b"\x05ab", FORMERR),  # label past the end
+        (struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01", FORMERR),  # pointer loop
+        (struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 0) + b"\x01a\x00\x00", FORMERR),  # no class
+        (struct.pack(">HHHHHH", 1, 0x8000, 1, 0, 0, 0) + b"\x01a\x00\x00\x01\x00\x01", None),  # a response
+        (struct.pack(">HHHHHH", 1, 0x2000, 1, 0, 0, 0) + b"\x01a\x00\x00\x01\x00\x01", NOTIMP),  # opcode 4
+        (struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 1) + b"\x01a\x00\x00\x01\x00\x01" + b"\x00\x00\x29", FORMERR),
+    ],
+)
 def test_malformed_queries(data: bytes, rcode: int | None) -> None:
     with pytest.raises(WireError) as e:
         parse_query(data, "udp", CLIENT)
@@ -103,7 +116,9 @@ def test_finalize_adds_opt_and_truncates_keeping_the_question() -> None:
 
 
 def test_scan_and_min_ttl() -> None:
-    m = DNSRecord.parse(bytes(DNSRecord.question("x.org").replyZone("x.org. 300 IN A 1.2.3.4\nx.org. 60 IN A 1.2.3.5").pack()))
+    m = DNSRecord.parse(
+        bytes(DNSRecord.question("x.org").replyZone("x.org. 300 IN A 1.2.3.4\nx.org. 60 IN A 1.2.3.5").pack())
+    )
     m.add_ar(EDNS0())
     wire = bytes(m.pack())
     spans = scan(wire)

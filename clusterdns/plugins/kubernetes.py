@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from clusterdns.corefile import CorefileError, Directive
+from clusterdns.corefile import Directive
 from clusterdns.duration import parse_duration
 from clusterdns.k8s import selector
 from clusterdns.k8s.index import NODATA_ANSWER, NXDOMAIN_ANSWER, Index, Prepared
@@ -31,8 +31,24 @@ from clusterdns.k8s.sources import Source
 from clusterdns.k8s.store import Filters, Store
 from clusterdns.plugin import NOERROR, REFUSED, SERVFAIL, Next, Request, Response, SiteConfig, register
 from clusterdns.wire import (
-    AA, QNAME_PTR, QR, RD, T_A, T_AAAA, T_ANY, T_AXFR, T_CNAME, T_IXFR, T_NS, T_SOA, T_TXT, C_IN,
-    WireError, encode_name, parse_query, reply, rr, scan,
+    C_IN,
+    QNAME_PTR,
+    RD,
+    T_A,
+    T_AAAA,
+    T_ANY,
+    T_AXFR,
+    T_CNAME,
+    T_IXFR,
+    T_NS,
+    T_SOA,
+    T_TXT,
+    WireError,
+    encode_name,
+    parse_query,
+    reply,
+    rr,
+    scan,
 )
 
 log = logging.getLogger("clusterdns.kubernetes")

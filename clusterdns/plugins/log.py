@@ -20,7 +20,10 @@ from clusterdns.wire import RCODE_NAMES, TYPE_NAMES
 
 log = logging.getLogger("clusterdns.log")
 
-COMMON = '{remote}:{port} - {>id} "{type} {class} {name} {proto} {size} {>do} {>bufsize}" {rcode} {>rflags} {rsize} {duration}'
+COMMON = (
+    '{remote}:{port} - {>id} "{type} {class} {name} {proto} {size} {>do} {>bufsize}" '
+    "{rcode} {>rflags} {rsize} {duration}"
+)
 COMBINED = COMMON + ' "{>opcode}"'
 CLASSES = ("success", "denial", "error", "all")
 _FLAG_BITS = (("qr", 0x8000), ("aa", 0x0400), ("tc", 0x0200), ("rd", 0x0100), ("ra", 0x0080),

@@ -7,8 +7,8 @@ from dnslib import DNSRecord
 from clusterdns.k8s.index import Index
 from clusterdns.k8s.objects import from_dict
 from clusterdns.k8s.records import Options
-from clusterdns.k8s.store import Filters, Store
 from clusterdns.k8s.selector import parse as selector
+from clusterdns.k8s.store import Filters, Store
 from clusterdns.plugin import NOERROR
 from clusterdns.wire import T_A, T_SRV, parse_query
 
@@ -22,7 +22,12 @@ def query(name: str, qtype: str = "A") -> bytes:
 def test_set_replace_and_remove_tracks_empty_non_terminals() -> None:
     idx = Index([ZONE], 5)
     idx.set("svc/a", {"_http._tcp.a.ns.svc.cluster.local.": [(T_SRV, (0, 100, 80, "a.ns.svc.cluster.local."))]})
-    for ent in ("_tcp.a.ns.svc.cluster.local.", "a.ns.svc.cluster.local.", "ns.svc.cluster.local.", "svc.cluster.local."):
+    for ent in (
+        "_tcp.a.ns.svc.cluster.local.",
+        "a.ns.svc.cluster.local.",
+        "ns.svc.cluster.local.",
+        "svc.cluster.local.",
+    ):
         assert idx.exists(ent)
     assert not idx.exists("cluster.local.")  # the apex is the plugin's business
     assert idx.answer("a.ns.svc.cluster.local.", T_A) is not None  # NODATA, not NXDOMAIN
@@ -66,8 +71,11 @@ def test_unchanged_owner_is_a_no_op() -> None:
 
 
 def _svc(name: str, ns: str, labels: dict | None = None) -> dict:
-    return {"kind": "Service", "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
-            "spec": {"clusterIP": "10.0.0.9"}}
+    return {
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
+        "spec": {"clusterIP": "10.0.0.9"},
+    }
 
 
 def test_store_replace_removes_missing_and_namespace_exists_while_objects_live_in_it() -> None:
@@ -95,11 +103,16 @@ def test_store_filters_namespaces_and_labels() -> None:
 def test_endpoint_slice_change_rederives_its_service_only() -> None:
     idx = Index([ZONE], 5)
     store = Store(idx, Options((ZONE,)))
-    store.upsert(from_dict({"kind": "Service", "metadata": {"name": "h", "namespace": "n"}, "spec": {"clusterIP": "None"}}))
+    store.upsert(
+        from_dict({"kind": "Service", "metadata": {"name": "h", "namespace": "n"}, "spec": {"clusterIP": "None"}})
+    )
     store.upsert(from_dict(_svc("other", "n")))
     idx.answer("other.n.svc.cluster.local.", T_A)
-    slice_ = {"kind": "EndpointSlice", "metadata": {"name": "h-1", "namespace": "n",
-              "labels": {"kubernetes.io/service-name": "h"}}, "endpoints": [{"addresses": ["10.9.0.1"]}]}
+    slice_ = {
+        "kind": "EndpointSlice",
+        "metadata": {"name": "h-1", "namespace": "n", "labels": {"kubernetes.io/service-name": "h"}},
+        "endpoints": [{"addresses": ["10.9.0.1"]}],
+    }
     store.upsert(from_dict(slice_))
     assert idx.records("h.n.svc.cluster.local.") == [(T_A, "10.9.0.1")]
     assert "other.n.svc.cluster.local." in idx.prepared  # untouched

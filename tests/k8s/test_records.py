@@ -17,9 +17,12 @@ def svc(name: str = "web", ns: str = "default", **spec: object) -> dict:
 
 
 def eps(service: str = "web", ns: str = "default", endpoints: list | None = None, ports: list | None = None) -> dict:
-    return {"kind": "EndpointSlice", "metadata": {"name": f"{service}-abc", "namespace": ns,
-            "labels": {"kubernetes.io/service-name": service}},
-            "endpoints": endpoints or [], "ports": ports or []}
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {"name": f"{service}-abc", "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
+        "endpoints": endpoints or [],
+        "ports": ports or [],
+    }
 
 
 def derive(service: dict, *slices: dict, opts: Options = OPTS) -> records.Records:
@@ -28,7 +31,10 @@ def derive(service: dict, *slices: dict, opts: Options = OPTS) -> records.Record
 
 def test_cluster_ip_a_srv_ptr() -> None:
     r = derive(svc(clusterIP="10.0.0.228", ports=[{"name": "http", "port": 80}]))
-    assert r["web.default.svc.cluster.local."] == [(T_A, "10.0.0.228"), (T_SRV, (0, 100, 80, "web.default.svc.cluster.local."))]
+    assert r["web.default.svc.cluster.local."] == [
+        (T_A, "10.0.0.228"),
+        (T_SRV, (0, 100, 80, "web.default.svc.cluster.local.")),
+    ]
     assert r["_http._tcp.web.default.svc.cluster.local."] == [(T_SRV, (0, 100, 80, "web.default.svc.cluster.local."))]
     assert r["228.0.0.10.in-addr.arpa."] == [(T_PTR, "web.default.svc.cluster.local.")]
 
@@ -42,18 +48,24 @@ def test_dual_stack_cluster_ips() -> None:
 def test_headless_only_ready_endpoints_with_names() -> None:
     r = derive(
         svc(clusterIP="None", ports=[{"name": "http", "port": 80}]),
-        eps(endpoints=[
-            {"addresses": ["10.1.0.1"], "hostname": "web-0", "conditions": {"ready": True}},
-            {"addresses": ["10.1.0.2"], "conditions": {}},  # unset ready counts as ready
-            {"addresses": ["10.1.0.3"], "conditions": {"ready": False}},
-        ], ports=[{"name": "http", "port": 8080, "protocol": "TCP"}]),
+        eps(
+            endpoints=[
+                {"addresses": ["10.1.0.1"], "hostname": "web-0", "conditions": {"ready": True}},
+                {"addresses": ["10.1.0.2"], "conditions": {}},  # unset ready counts as ready
+                {"addresses": ["10.1.0.3"], "conditions": {"ready": False}},
+            ],
+            ports=[{"name": "http", "port": 8080, "protocol": "TCP"}],
+        ),
     )
     base = "web.default.svc.cluster.local."
     assert set(r[base]) >= {(T_A, "10.1.0.1"), (T_A, "10.1.0.2")}
     assert (T_A, "10.1.0.3") not in r[base]
     assert r[f"web-0.{base}"] == [(T_A, "10.1.0.1")]
     assert r[f"10-1-0-2.{base}"] == [(T_A, "10.1.0.2")]
-    assert set(r[f"_http._tcp.{base}"]) == {(T_SRV, (0, 50, 8080, f"web-0.{base}")), (T_SRV, (0, 50, 8080, f"10-1-0-2.{base}"))}
+    assert set(r[f"_http._tcp.{base}"]) == {
+        (T_SRV, (0, 50, 8080, f"web-0.{base}")),
+        (T_SRV, (0, 50, 8080, f"10-1-0-2.{base}")),
+    }
     assert r["1.0.1.10.in-addr.arpa."] == [(T_PTR, f"web-0.{base}")]
     assert "3.0.1.10.in-addr.arpa." not in r
 
@@ -76,47 +88,62 @@ def test_endpoint_pod_names() -> None:
 
 def test_ignore_empty_service_and_noendpoints() -> None:
     assert derive(svc(clusterIP="10.0.0.9"), opts=Options(("cluster.local.",), ignore_empty_service=True)) == {}
-    r = derive(svc(clusterIP="None"), eps(endpoints=[{"addresses": ["10.1.0.1"]}]),
-               opts=Options(("cluster.local.",), noendpoints=True))
+    r = derive(
+        svc(clusterIP="None"),
+        eps(endpoints=[{"addresses": ["10.1.0.1"]}]),
+        opts=Options(("cluster.local.",), noendpoints=True),
+    )
     assert r == {}
 
 
 def test_srv_weights_split_evenly() -> None:
-    r = derive(svc(clusterIP="None", ports=[{"name": "p", "port": 1}]),
-               eps(endpoints=[{"addresses": [f"10.1.0.{i}"]} for i in range(1, 4)], ports=[{"name": "p", "port": 1}]))
+    r = derive(
+        svc(clusterIP="None", ports=[{"name": "p", "port": 1}]),
+        eps(endpoints=[{"addresses": [f"10.1.0.{i}"]} for i in range(1, 4)], ports=[{"name": "p", "port": 1}]),
+    )
     assert {v[1] for t, v in r["_p._tcp.web.default.svc.cluster.local."]} == {33}  # type: ignore[index]
 
 
-@pytest.mark.parametrize("ip,label", [("172.17.66.2", "172-17-66-2"), ("2001:db8::1", "2001-db8--1"),
-                                      ("::1", "0--1"), ("2001:db8::", "2001-db8--0")])
+@pytest.mark.parametrize(
+    "ip,label",
+    [("172.17.66.2", "172-17-66-2"), ("2001:db8::1", "2001-db8--1"), ("::1", "0--1"), ("2001:db8::", "2001-db8--0")],
+)
 def test_dashed_labels(ip: str, label: str) -> None:
     assert dashed(ip) == label
 
 
-@pytest.mark.parametrize("label,ip", [("1-2-3-4", "1.2.3.4"), ("2001-db8--1", "2001:db8::1"), ("x-y", None),
-                                      ("1-2-3", None)])
+@pytest.mark.parametrize(
+    "label,ip", [("1-2-3-4", "1.2.3.4"), ("2001-db8--1", "2001:db8::1"), ("x-y", None), ("1-2-3", None)]
+)
 def test_pod_ip_from_label(label: str, ip: str | None) -> None:
     assert pod_ip_from_label(label) == ip
 
 
 def test_pod_records_skip_finished_pods() -> None:
-    pod = {"kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}, "status": {"podIP": "10.2.0.7", "phase": "Running"}}
+    pod = {
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "ns"},
+        "status": {"podIP": "10.2.0.7", "phase": "Running"},
+    }
     assert records.pod_records(from_dict(pod), OPTS) == {"10-2-0-7.ns.pod.cluster.local.": [(T_A, "10.2.0.7")]}  # type: ignore[arg-type]
     pod["status"]["phase"] = "Succeeded"  # type: ignore[index]
     assert records.pod_records(from_dict(pod), OPTS) == {}  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("raw", [
-    {"kind": "Service", "metadata": {}},
-    {"kind": "Service", "metadata": {"name": 5}},
-    {"kind": "Service", "metadata": {"name": "x"}, "spec": {"clusterIP": "not-an-ip"}},
-    {"kind": "Service", "metadata": {"name": "x"}, "spec": {"type": "ExternalName"}},
-    {"kind": "Service", "metadata": {"name": "x"}, "spec": {"ports": [{"port": "eighty"}]}},
-    {"kind": "EndpointSlice", "metadata": {"name": "x"}, "endpoints": [{"addresses": "10.0.0.1"}]},
-    {"kind": "EndpointSlice", "metadata": {"name": "x"}, "endpoints": [{}]},
-    {"kind": "Pod", "metadata": {"name": "x"}, "status": {"podIP": 7}},
-    "not a mapping",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"kind": "Service", "metadata": {}},
+        {"kind": "Service", "metadata": {"name": 5}},
+        {"kind": "Service", "metadata": {"name": "x"}, "spec": {"clusterIP": "not-an-ip"}},
+        {"kind": "Service", "metadata": {"name": "x"}, "spec": {"type": "ExternalName"}},
+        {"kind": "Service", "metadata": {"name": "x"}, "spec": {"ports": [{"port": "eighty"}]}},
+        {"kind": "EndpointSlice", "metadata": {"name": "x"}, "endpoints": [{"addresses": "10.0.0.1"}]},
+        {"kind": "EndpointSlice", "metadata": {"name": "x"}, "endpoints": [{}]},
+        {"kind": "Pod", "metadata": {"name": "x"}, "status": {"podIP": 7}},
+        "not a mapping",
+    ],
+)
 def test_bad_objects_raise_object_error_naming_them(raw: object) -> None:
     with pytest.raises(ObjectError):
         from_dict(raw)

@@ -1,0 +1,102 @@
+"""Real upstream resolvers for tests: dnsmasq and unbound on loopback ports, with query counts.
+
+Both run in the foreground with query logging; ``queries(name)`` counts how many times the
+upstream was asked for ``name`` (so a test can prove a cache hit never left clusterdns).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import dns.message
+import dns.query
+
+from tests.procs import free_port
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name) or f"/usr/sbin/{name}"
+    if not Path(path).exists():
+        raise RuntimeError(f"{name} is not installed (scripts/dev.sh tools installs it)")
+    return path
+
+
+class Upstream:
+    """A resolver process on 127.0.0.1:port whose log lines are collected."""
+
+    def __init__(self, cmd: list[str], port: int, query_marker: str) -> None:
+        self.port = port
+        self.cmd = cmd
+        self.marker = query_marker
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     stdin=subprocess.DEVNULL)
+        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                dns.query.udp(dns.message.make_query("probe.invalid.", "A"), "127.0.0.1", port=self.port, timeout=0.3)
+                return
+            except Exception:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.cmd[0]} exited:\n" + "\n".join(self.lines)) from None
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.cmd[0]} did not answer:\n" + "\n".join(self.lines))
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def queries(self, name: str) -> int:
+        """How many queries for ``name`` (any type) the upstream has logged."""
+        name = name.rstrip(".").lower()
+        return sum(1 for ln in list(self.lines) if self.marker in ln and f" {name}" in ln.lower())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc is not None and self.proc.stdout is not None:
+            self._reader.join(2)  # it ends at EOF; then the pipe can be closed
+            if not self._reader.is_alive():
+                self.proc.stdout.close()
+
+
+def dnsmasq(records: dict[str, list[str]], port: int | None = None, nxdomain: tuple[str, ...] = ()) -> Upstream:
+    """dnsmasq answering ``records`` ({name: [ip, ...]}); names under ``nxdomain`` get NXDOMAIN."""
+    port = port or free_port()
+    cmd = [_binary("dnsmasq"), "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+           "--no-resolv", "--no-hosts", "--log-queries", "--log-facility=-", "--pid-file=", "--user=root",
+           "--cache-size=0"]
+    cmd += [f"--host-record={name},{ip}" for name, ips in records.items() for ip in ips]
+    cmd += [f"--address=/{d}/" for d in nxdomain]
+    return Upstream(cmd, port, "query[")
+
+
+def unbound(local_data: list[str], zone: str, workdir: Path, port: int | None = None) -> Upstream:
+    """unbound serving ``zone`` as a static local zone (NXDOMAIN answers carry its SOA)."""
+    port = port or free_port()
+    conf = workdir / f"unbound-{port}.conf"
+    lines = [
+        "server:", "  interface: 127.0.0.1", f"  port: {port}", "  do-daemonize: no", "  use-syslog: no",
+        '  chroot: ""', '  username: ""', f'  directory: "{workdir}"', '  pidfile: ""', '  logfile: ""',
+        "  verbosity: 1", "  log-queries: yes", "  do-ip6: no", "  msg-cache-size: 0", "  rrset-cache-size: 0",
+        "  incoming-num-tcp: 100", f'  local-zone: "{zone}" static',
+    ]
+    lines += [f'  local-data: "{d}"' for d in local_data]
+    conf.write_text("\n".join(lines) + "\n")
+    return Upstream([_binary("unbound"), "-d", "-c", str(conf)], port, " info: 127.0.0.1 ")

@@ -46,11 +46,25 @@ class WireError(Exception):
         self.req = req
 
 
-def _label_text(raw: bytes) -> str:
-    text = raw.decode("latin-1").lower()
-    if "." in text or "\\" in text:  # keep a label containing a dot distinct from two labels
-        text = text.replace("\\", "\\\\").replace(".", "\\.")
-    return text
+def _qname_text(data: bytes, start: int, stops: list[int], end: int) -> str:
+    """Presentation form of the name at ``data[start:end]`` whose length bytes sit at ``stops``.
+
+    Length bytes become dots and the text is lower-cased in one pass; a label holding a dot or a
+    backslash is escaped so it can never collide with a name of more labels.
+    """
+    if end - start == 1:
+        return "."
+    raw = bytearray(data[start + 1 : end])
+    if 0x2E in raw or 0x5C in raw:
+        labels, off = [], start
+        while data[off]:
+            label = data[off + 1 : off + 1 + data[off]].decode("latin-1").lower()
+            labels.append(label.replace("\\", "\\\\").replace(".", "\\."))
+            off += 1 + data[off]
+        return ".".join(labels) + "."
+    for p in stops:
+        raw[p - start - 1] = 0x2E
+    return raw.decode("latin-1").lower()
 
 
 def parse_query(data: bytes, proto: str, client: tuple[str, int]) -> Request:
@@ -64,28 +78,24 @@ def parse_query(data: bytes, proto: str, client: tuple[str, int]) -> Request:
     if qd != 1:
         raise WireError(FORMERR if opcode == 0 else NOTIMP, f"QDCOUNT={qd}")
     off = 12
-    labels: list[str] = []
-    n = len(data)
-    while True:
-        if off >= n:
-            raise WireError(FORMERR, "question runs past the end")
+    stops: list[int] = []
+    try:
         ln = data[off]
-        if ln == 0:
-            off += 1
-            break
-        if ln & 0xC0:
-            raise WireError(FORMERR, "compressed or extended label in question")
-        if off + 1 + ln > n:
-            raise WireError(FORMERR, "label runs past the end")
-        labels.append(_label_text(data[off + 1 : off + 1 + ln]))
-        off += 1 + ln
-        if off - 12 > 255:
-            raise WireError(FORMERR, "name longer than 255 octets")
-    if off + 4 > n:
+        while ln:
+            if ln > 63:
+                raise WireError(FORMERR, "compressed or extended label in question")
+            off += ln + 1
+            stops.append(off)
+            ln = data[off]
+    except IndexError:
+        raise WireError(FORMERR, "question runs past the end") from None
+    if off - 12 > 254:
+        raise WireError(FORMERR, "name longer than 255 octets")
+    if off + 5 > len(data):
         raise WireError(FORMERR, "question without type and class")
-    qtype, qclass = _TC.unpack_from(data, off)
-    qend = off + 4
-    qname = ".".join(labels) + "." if labels else "."
+    qtype, qclass = _TC.unpack_from(data, off + 1)
+    qend = off + 5
+    qname = _qname_text(data, 12, stops, off + 1)
     family = 2 if ":" in client[0] else 1
     req = Request(data, qid, flags, qname, qtype, qclass, qend, False, 512, False, proto, client, family)
     if opcode != 0:

@@ -61,8 +61,13 @@ class Index:
     def owners(self) -> set[str]:
         return set(self._owned)
 
+    def in_zones(self, name: str) -> bool:
+        return any(name == z or name.endswith("." + z) or z == "." for z in self.zones)
+
     def set(self, owner: str, records: Records) -> bool:
-        """Replace what ``owner`` contributes; returns True when anything changed."""
+        """Replace what ``owner`` contributes (names outside our zones are left out, e.g. PTRs
+        when no reverse zone is served); returns True when anything changed."""
+        records = {n: r for n, r in records.items() if self.in_zones(n)}
         old = self._owned.get(owner, {})
         if old == records:
             return False

@@ -245,14 +245,16 @@ class Kubernetes:
         return soa
 
     async def serve(self, req: Request, call_next: Next) -> Response:
-        zone = self._zone(req.qname)
-        if zone is None:
-            return await call_next(req)
+        # The index holds only names inside our zones, so a prepared hit needs no zone match.
         per = self.index.prepared.get(req.qname)
         if per is not None:
             p = per.get(req.qtype)
             if p is not None and not p.target:
-                return Response(p.build(req, self.soa(zone)), p.rcode, "kubernetes")
+                soa = self.soa(self._zone(req.qname) or ".") if p.negative else b""
+                return Response(p.build(req, soa), p.rcode, "kubernetes")
+        zone = self._zone(req.qname)
+        if zone is None:
+            return await call_next(req)
         return await self._slow(req, zone, call_next)
 
     async def _slow(self, req: Request, zone: str, call_next: Next) -> Response:

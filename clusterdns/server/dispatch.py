@@ -32,18 +32,15 @@ class Dispatcher:
 
     def add(self, zone: str, chain: Next, server_label: str) -> None:
         self.zones[zone] = (chain, server_label)
+        # longest first; "." matches everything, any other zone by suffix on a label boundary
+        self._order = [(z, "." + z, c, label) for z, (c, label) in sorted(self.zones.items(), key=lambda i: -len(i[0]))]
 
     def route(self, qname: str) -> tuple[str, Next, str] | None:
         """The longest zone that contains ``qname``."""
-        name = qname
-        while True:
-            hit = self.zones.get(name)
-            if hit is not None:
-                return name, hit[0], hit[1]
-            if name == ".":
-                return None
-            dot = name.find(".")
-            name = name[dot + 1 :] or "."
+        for zone, dotted, chain, label in self._order:
+            if zone == "." or qname == zone or qname.endswith(dotted):
+                return zone, chain, label
+        return None
 
     def handle(self, data: bytes, proto: str, client: Any, send: Send) -> None:
         """Answer one raw query, now or (if the chain suspends) later, through ``send``."""

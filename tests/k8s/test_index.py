@@ -37,7 +37,7 @@ def test_set_replace_and_remove_tracks_empty_non_terminals() -> None:
 
 
 def test_two_owners_of_one_name_merge() -> None:
-    idx = Index([ZONE], 5)
+    idx = Index([ZONE, "in-addr.arpa."], 5)
     idx.set("svc/a", {"1.0.0.10.in-addr.arpa.": [(12, "a.ns.svc.cluster.local.")]})
     idx.set("svc/b", {"1.0.0.10.in-addr.arpa.": [(12, "b.ns.svc.cluster.local.")]})
     assert len(idx.records("1.0.0.10.in-addr.arpa.")) == 2
@@ -119,3 +119,9 @@ def test_endpoint_slice_change_rederives_its_service_only() -> None:
     slice_["endpoints"] = [{"addresses": ["10.9.0.1"], "conditions": {"ready": False}}]
     store.upsert(from_dict(slice_))
     assert not idx.exists("h.n.svc.cluster.local.")
+
+
+def test_names_outside_the_zones_are_left_out() -> None:
+    idx = Index([ZONE], 5)
+    idx.set("svc/a", {"a.ns.svc.cluster.local.": [(T_A, "10.0.0.1")], "1.0.0.10.in-addr.arpa.": [(12, "a.")]})
+    assert idx.exists("a.ns.svc.cluster.local.") and not idx.exists("1.0.0.10.in-addr.arpa.")

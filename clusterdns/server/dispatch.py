@@ -59,25 +59,28 @@ class Dispatcher:
             self._finish(req, Response(reply(req, REFUSED), REFUSED), send)
             return
         req.zone, chain, req.server = hit
-        self.run(req, chain, send)
+        self._step(chain(req), req, send, first=True)
 
     def run(self, req: Request, chain: Next, send: Send) -> None:
-        coro = chain(req)
-        self.inflight += 1
-        self._step(coro, req, send)
+        """Run the chain; most queries finish in the first step, without any Task."""
+        self._step(chain(req), req, send, first=True)
 
-    def _step(self, coro: Coroutine[Any, Any, Response], req: Request, send: Send) -> None:
+    def _step(self, coro: Coroutine[Any, Any, Response], req: Request, send: Send, first: bool = False) -> None:
         try:
             fut = coro.send(None)
         except StopIteration as stop:
-            self.inflight -= 1
+            if not first:
+                self.inflight -= 1
             self._finish(req, stop.value, send)
             return
         except Exception as e:  # `errors` normally catches first; never let a query kill us
-            self.inflight -= 1
+            if not first:
+                self.inflight -= 1
             log.error("[ERROR] %d %s %d: %s: %s", SERVFAIL, req.qname, req.qtype, type(e).__name__, e)
             self._finish(req, Response(reply(req, SERVFAIL), SERVFAIL), send)
             return
+        if first:
+            self.inflight += 1
         resume = lambda _f=None: self._step(coro, req, send)  # noqa: E731
         if fut is None:  # a bare yield (asyncio.sleep(0))
             asyncio.get_running_loop().call_soon(resume)

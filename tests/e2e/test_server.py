@@ -295,3 +295,22 @@ def test_bind_error_exits_1(tmp_path: Path) -> None:
 
 def test_sigterm_exits_0(objects_server: Server) -> None:
     assert objects_server.stop() == 0
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_block_without_bind_listens_on_ipv4_and_ipv6(start_server: StartServer) -> None:
+    srv = start_server(".:{port} {\n  kubernetes cluster.local {\n    objects a.yaml\n  }\n}\n",
+                       files={"a.yaml": service("alpha", "10.0.0.10")})
+    q = dns.message.make_query("alpha.default.svc.cluster.local.", "A")
+    for host in ("127.0.0.1", "::1"):
+        assert answers(dns.query.udp(q, host, port=srv.port, timeout=3)) == {"10.0.0.10"}
+        assert answers(dns.query.tcp(q, host, port=srv.port, timeout=3)) == {"10.0.0.10"}

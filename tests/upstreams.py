@@ -7,6 +7,7 @@ upstream was asked for ``name`` (so a test can prove a cache hit never left clus
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -79,9 +80,11 @@ class Upstream:
 def dnsmasq(records: dict[str, list[str]], port: int | None = None, nxdomain: tuple[str, ...] = ()) -> Upstream:
     """dnsmasq answering ``records`` ({name: [ip, ...]}); names under ``nxdomain`` get NXDOMAIN."""
     port = port or free_port()
-    cmd = [_binary("dnsmasq"), "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
-           "--no-resolv", "--no-hosts", "--log-queries", "--log-facility=-", "--pid-file=", "--user=root",
-           "--cache-size=0"]
+    # --keep-in-foreground, not --no-daemon: in debug mode dnsmasq serves TCP in its main process,
+    # so one idle pooled TCP connection (as forward keeps) would stall every UDP query.
+    cmd = [_binary("dnsmasq"), "--keep-in-foreground", f"--port={port}", "--listen-address=127.0.0.1",
+           "--bind-interfaces", "--no-resolv", "--no-hosts", "--log-queries", "--log-facility=-", "--pid-file=",
+           "--user=root", "--cache-size=0"]
     cmd += [f"--host-record={name},{ip}" for name, ips in records.items() for ip in ips]
     cmd += [f"--address=/{d}/" for d in nxdomain]
     return Upstream(cmd, port, "query[")
@@ -100,3 +103,21 @@ def unbound(local_data: list[str], zone: str, workdir: Path, port: int | None = 
     lines += [f'  local-data: "{d}"' for d in local_data]
     conf.write_text("\n".join(lines) + "\n")
     return Upstream([_binary("unbound"), "-d", "-c", str(conf)], port, " info: 127.0.0.1 ")
+
+
+class Blackhole:
+    """A loopback port that swallows queries: a bound UDP socket never read, and a TCP listener
+    never accepting (connects succeed, nothing comes back). ``close()`` frees the port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        for s in (self.udp, self.tcp):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", self.port))
+        self.tcp.listen(16)
+
+    def close(self) -> None:
+        self.udp.close()
+        self.tcp.close()

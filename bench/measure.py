@@ -97,3 +97,29 @@ def rss_kib(pid: int | str = "self") -> int:
 def cpu_us_per_query(cpu_before: float, cpu_after: float, answered: int) -> float:
     """Server CPU microseconds per answered query; 0.0 when nothing was answered."""
     return (cpu_after - cpu_before) * 1e6 / answered if answered else 0.0
+
+
+def parse_core_busy(stat: str, core: int) -> tuple[int, int]:
+    """(busy, total) clock ticks of one core from the text of /proc/stat (idle and iowait are not busy)."""
+    for line in stat.splitlines():
+        if line.startswith(f"cpu{core} "):
+            ticks = [int(v) for v in line.split()[1:]]
+            idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+            # guest time is already counted in user/nice; leave it out of the total
+            total = sum(ticks[:8])
+            return total - idle, total
+    raise ValueError(f"no cpu{core} line in /proc/stat")
+
+
+def core_busy(core: int) -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        return parse_core_busy(f.read(), core)
+
+
+def foreign_share(before: tuple[int, int], after: tuple[int, int], own_cpu_s: float) -> float:
+    """How much of a core, 0-1, went to processes other than the one measured (``own_cpu_s``)."""
+    total = after[1] - before[1]
+    if total <= 0:
+        return 0.0
+    busy_s = (after[0] - before[0]) / CLOCK_TICKS
+    return min(1.0, max(0.0, (busy_s - own_cpu_s) / (total / CLOCK_TICKS)))

@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import gen, profile, servers
-from bench.measure import PerfResult, cpu_seconds, cpu_us_per_query, parse_dnsperf, percentile, rss_kib
+from bench.measure import (
+    PerfResult,
+    core_busy,
+    cpu_seconds,
+    cpu_us_per_query,
+    foreign_share,
+    parse_dnsperf,
+    percentile,
+    rss_kib,
+)
 
 NETNS_ENV = "CLUSTERDNS_BENCH_NETNS"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,6 +83,7 @@ class Round:
     max_latency_ms: float
     rss_mb: float
     rcodes: dict[str, int]
+    foreign_pct: float  # share of the server's core used by other processes meanwhile (noise)
     p50_ms: float | None = None
     p99_ms: float | None = None
 
@@ -176,8 +186,8 @@ def host_info() -> dict[str, str]:
 def dnsperf(port: int, queries: Path, load: tuple[str, ...], seconds: float | None) -> PerfResult:
     """dnsperf on the client core against 127.0.0.1:port; ``seconds=None`` runs the file once."""
     limit = ["-l", f"{seconds:g}"] if seconds is not None else ["-n", "1"]
-    cmd = ["taskset", "-c", servers.CLIENT_CORE, "dnsperf", "-s", "127.0.0.1", "-p", str(port),
-           "-d", str(queries), "-t", "2", *limit, *load]
+    cmd = servers.pinned(servers.CLIENT_CORE, ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries),
+                                               "-t", "2", *limit, *load])
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=(seconds or 60) + 30, stdin=subprocess.DEVNULL)
     return parse_dnsperf(res.stdout)
 
@@ -185,11 +195,13 @@ def dnsperf(port: int, queries: Path, load: tuple[str, ...], seconds: float | No
 def measure(server: servers.Proc, mode: Mode, queries: Path, seconds: float, rnd: int) -> Round:
     """Warm the server on the query file, then one measured dnsperf run with CPU accounting."""
     dnsperf(server.port, queries, ("-c", "1", "-q", "20"), None)
-    before = cpu_seconds(server.pid)
+    core = int(servers.SERVER_CORE)
+    before, core_before = cpu_seconds(server.pid), core_busy(core)
     r = dnsperf(server.port, queries, mode.load, seconds)
-    after = cpu_seconds(server.pid)
+    after, core_after = cpu_seconds(server.pid), core_busy(core)
     out = Round(rnd, server.name, r.qps, r.completed, r.lost, cpu_us_per_query(before, after, r.completed),
-                r.avg_latency_ms, r.stddev_latency_ms, r.max_latency_ms, rss_kib(server.pid) / 1024, r.rcodes)
+                r.avg_latency_ms, r.stddev_latency_ms, r.max_latency_ms, rss_kib(server.pid) / 1024, r.rcodes,
+                100 * foreign_share(core_before, core_after, after - before))
     if mode.latency:
         out.p50_ms, out.p99_ms = percentile(r.latencies_ms, 50), percentile(r.latencies_ms, 99)
     return out
@@ -272,6 +284,7 @@ class Bench:
                     res.rounds.append(r)
                     print(f"  {mode.name:8} round {rnd} {server.name:10} {r.qps:9.0f} qps "
                           f"{r.cpu_us_per_query:6.1f} us/q  avg {r.avg_latency_ms:.3f} ms  lost {r.lost}"
+                          f"  others {r.foreign_pct:.0f}% of core {servers.SERVER_CORE}"
                           + (f"  p50 {r.p50_ms:.3f} p99 {r.p99_ms:.3f} ms" if r.p50_ms is not None else ""),
                           flush=True)
                 a, b = res.rounds[-2], res.rounds[-1]
@@ -301,8 +314,9 @@ class Bench:
         for fmt, suffix in (("raw", "profile.txt"), ("flamegraph", "profile.svg")):
             out = self.args.results / f"{stamp}-{suffix}"
             load = subprocess.Popen(
-                ["taskset", "-c", servers.CLIENT_CORE, "dnsperf", "-s", "127.0.0.1", "-p", str(ours.port), "-d",
-                 str(queries), "-l", str(secs + 2), "-t", "2", *MODES["cluster"].load],
+                servers.pinned(servers.CLIENT_CORE, ["dnsperf", "-s", "127.0.0.1", "-p", str(ours.port), "-d",
+                                                     str(queries), "-l", str(secs + 2), "-t", "2",
+                                                     *MODES["cluster"].load]),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
             try:
                 time.sleep(0.5)
@@ -359,8 +373,8 @@ def markdown(result: dict[str, Any], modes: list[ModeResult]) -> str:
     load = [m for m in modes if m.name != "lowload"]
     if load:
         out += ["| mode | vs | clusterdns qps | vs qps | qps ratio, median (rounds) | µs/query clusterdns | µs/query vs"
-                " | CPU ratio | avg ms clusterdns | avg ms vs | lost | RSS MB clusterdns / vs |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                " | CPU ratio | avg ms clusterdns | avg ms vs | lost | RSS MB clusterdns / vs | others max % |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for m in load:
             b = m.baseline
             lost = sum(r.lost for r in m.rounds)
@@ -370,7 +384,8 @@ def markdown(result: dict[str, Any], modes: list[ModeResult]) -> str:
                 f" | {_fmt(m.median(b, 'cpu_us_per_query'), '.1f')} | {_fmt(_med(m.cpu_ratios), '.2f')}"
                 f" | {_fmt(m.median('clusterdns', 'avg_latency_ms'), '.3f')}"
                 f" | {_fmt(m.median(b, 'avg_latency_ms'), '.3f')}"
-                f" | {lost} | {_fmt(m.median('clusterdns', 'rss_mb'), '.0f')} / {_fmt(m.median(b, 'rss_mb'), '.0f')} |")
+                f" | {lost} | {_fmt(m.median('clusterdns', 'rss_mb'), '.0f')} / {_fmt(m.median(b, 'rss_mb'), '.0f')}"
+                f" | {max((r.foreign_pct for r in m.rounds), default=0):.0f} |")
         out.append("")
     for m in modes:
         if m.name == "lowload":
@@ -457,6 +472,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="run inside a private network namespace when root (default on)")
     p.add_argument("--install", action=argparse.BooleanOptionalAction, default=True,
                    help="apt-get missing tools, pip-install py-spy (default on)")
+    p.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0,
+                   help="niceness of servers and dnsperf, so other work on the machine steals less "
+                        "(default -10 as root, else 0)")
     p.add_argument("--max-seconds", type=float, default=900, help="hard time budget; later rounds are skipped")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -485,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_py_spy()
     netns = enter_netns(argv, args.netns)
     signal.signal(signal.SIGTERM, _terminate)
+    servers.NICE = args.nice
     args.results.mkdir(parents=True, exist_ok=True)
     args.stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     print(f"bench: {'private network namespace' if netns else 'host loopback'}; modes {','.join(args.modes)}; "
@@ -522,7 +541,8 @@ def run_all(args: argparse.Namespace, netns: bool) -> int:
             "started": args.stamp, "elapsed_s": round(time.monotonic() - began, 1), "netns": netns,
             "host": host_info(),
             "config": {"duration": args.duration, "rounds": args.rounds, "services": args.services,
-                       "endpoints_per_service": args.endpoints, "modes": args.modes, "seed": args.seed},
+                       "endpoints_per_service": args.endpoints, "modes": args.modes, "seed": args.seed,
+                       "nice": args.nice},
             "plugins_available": bench.available, "plugins_missing": missing,
             "modes": {m.name: {**asdict(m), "median_qps_ratio": _med(m.qps_ratios),
                                "median_cpu_ratio": _med(m.cpu_ratios), "median_p50_ratio": _med(m.p50_ratios),

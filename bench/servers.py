@@ -24,6 +24,7 @@ from clusterdns.wire import encode_name
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
+NICE = 0  # set once by bench.run (--nice): other work on a shared machine then steals less of a round
 TTL = 30  # kubeadm's Corefile serves the cluster zone with ttl 30; the other servers get the same
 
 # The production chain of kubeadm's kube-dns Corefile, in the order CoreDNS runs it.
@@ -35,6 +36,11 @@ def binary(name: str) -> str:
     if not Path(path).exists():
         raise RuntimeError(f"{name} is not installed")
     return path
+
+
+def pinned(core: str, cmd: list[str]) -> list[str]:
+    """``cmd`` on one core (and at the bench's priority): ``nice`` and ``taskset`` exec it, same pid."""
+    return (["nice", "-n", str(NICE)] if NICE else []) + ["taskset", "-c", core, *cmd]
 
 
 def free_port() -> int:
@@ -166,7 +172,7 @@ def clusterdns(workdir: Path, objects: Path, available: list[str], origin: int |
     text, missing = corefile(port, objects, available, origin)
     conf = workdir / f"Corefile-{port}"
     conf.write_text(text)
-    cmd = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "clusterdns", "-conf", str(conf)]
+    cmd = pinned(SERVER_CORE, [sys.executable, "-m", "clusterdns", "-conf", str(conf)])
     return Proc("clusterdns", cmd, port, workdir / f"clusterdns-{port}.log", probe_name, cwd=workdir,
                 env=_env()), missing
 
@@ -175,9 +181,9 @@ def dnsmasq(workdir: Path, hosts: Path | None, origin: int | None, probe_name: s
             core: str = SERVER_CORE, name: str = "dnsmasq", local_ttl: int = TTL) -> Proc:
     """dnsmasq answering the hosts file (NXDOMAIN for the rest of cluster.local), forwarding to ``origin``."""
     port = free_port()
-    cmd = ["taskset", "-c", core, binary("dnsmasq"), "--no-daemon", f"--port={port}",
-           "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts", "--pid-file=",
-           "--user=root", "--cache-size=10000", f"--local-ttl={local_ttl}", "--local=/cluster.local/"]
+    cmd = pinned(core, [binary("dnsmasq"), "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1",
+                        "--bind-interfaces", "--no-resolv", "--no-hosts", "--pid-file=", "--user=root",
+                        "--cache-size=10000", f"--local-ttl={local_ttl}", "--local=/cluster.local/"])
     if hosts is not None:
         cmd.append(f"--addn-hosts={hosts}")
     if origin is not None:
@@ -202,5 +208,5 @@ def unbound(workdir: Path, local_data: list[str], probe_name: str) -> Proc:
     ]
     lines += [f'  local-data: "{d}"' for d in local_data]
     conf.write_text("\n".join(lines) + "\n")
-    cmd = ["taskset", "-c", SERVER_CORE, binary("unbound"), "-d", "-c", str(conf)]
+    cmd = pinned(SERVER_CORE, [binary("unbound"), "-d", "-c", str(conf)])
     return Proc("unbound", cmd, port, workdir / f"unbound-{port}.log", probe_name)

@@ -16,8 +16,11 @@ import pytest
 
 from bench import gen, profile, servers
 from bench.measure import (
+    core_busy,
     cpu_seconds,
     cpu_us_per_query,
+    foreign_share,
+    parse_core_busy,
     parse_dnsperf,
     parse_stat_cpu,
     parse_status_rss,
@@ -198,6 +201,19 @@ def test_cpu_and_rss_of_this_process() -> None:
     assert parse_status_rss("Name:\tx\nVmRSS:\t  12345 kB\n") == 12345
 
 
+def test_core_accounting() -> None:
+    stat = "cpu  9 9 9 9 9 0 0 0 0 0\ncpu0 100 5 20 800 10 1 2 0 7 0\ncpu1 1 1 1 1 1 1 1 1 0 0\n"
+    assert parse_core_busy(stat, 0) == (128, 938)  # idle+iowait excluded; guest not double-counted
+    with pytest.raises(ValueError):
+        parse_core_busy(stat, 5)
+    ticks = os.sysconf("SC_CLK_TCK")
+    # one second of wall time, 0.6 s busy of which 0.25 s was the measured process
+    assert foreign_share((0, 0), (int(0.6 * ticks), ticks), 0.25) == pytest.approx(0.35, abs=0.02)
+    assert foreign_share((0, 0), (ticks, ticks), 2.0) == 0.0  # tick rounding never goes negative
+    busy, total = core_busy(0)
+    assert 0 <= busy <= total
+
+
 # --- the servers' configuration ------------------------------------------------------------------
 def test_corefile_leaves_out_missing_plugins_and_is_accepted(tmp_path: Path) -> None:
     c = gen.Cluster(services=3)
@@ -208,6 +224,7 @@ def test_corefile_leaves_out_missing_plugins_and_is_accepted(tmp_path: Path) -> 
     available = servers.clusterdns_plugins()
     text, missing = servers.corefile(5300, manifests, available, origin=5301)
     assert ("forward . 127.0.0.1:5301" in text) == ("forward" in available)
+    assert servers.pinned("1", ["dnsperf"])[-4:] == ["taskset", "-c", "1", "dnsperf"]
     path = tmp_path / "Corefile"
     path.write_text(text)
     App(str(path), 53).configure(parse_file(str(path)))  # every directive set up, nothing bound
@@ -268,7 +285,7 @@ def test_scale_run_small() -> None:
 
 
 def _round(rnd: int, server: str, qps: float, rcodes: dict[str, int]) -> Round:
-    return Round(rnd, server, qps, 100, 0, 10.0, 0.5, 0.1, 2.0, 30.0, rcodes)
+    return Round(rnd, server, qps, 100, 0, 10.0, 0.5, 0.1, 2.0, 30.0, rcodes, 3.0)
 
 
 def test_report_and_answer_check() -> None:

@@ -100,14 +100,16 @@ def cpu_us_per_query(cpu_before: float, cpu_after: float, answered: int) -> floa
 
 
 def parse_core_busy(stat: str, core: int) -> tuple[int, int]:
-    """(busy, total) clock ticks of one core from the text of /proc/stat (idle and iowait are not busy)."""
+    """(process, total) clock ticks of one core from the text of /proc/stat.
+
+    Process time is user + nice + system: what processes ran. Interrupt and softirq time is left out,
+    since on loopback much of it is the measured traffic itself, not another process's.
+    """
     for line in stat.splitlines():
         if line.startswith(f"cpu{core} "):
             ticks = [int(v) for v in line.split()[1:]]
-            idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
             # guest time is already counted in user/nice; leave it out of the total
-            total = sum(ticks[:8])
-            return total - idle, total
+            return ticks[0] + ticks[1] + ticks[2], sum(ticks[:8])
     raise ValueError(f"no cpu{core} line in /proc/stat")
 
 

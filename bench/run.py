@@ -445,8 +445,9 @@ def plot(modes: list[ModeResult], path: Path) -> bool:
         for server in ("clusterdns", m.baseline):
             rs = m.of(server)
             ax.plot([r.round for r in rs], [getattr(r, attr) for r in rs], marker="o", label=server)
-        ax.set_title(m.name)
+        ax.set_title(f"{m.name} (vs {m.baseline})")
         ax.set_xlabel("round")
+        ax.set_xticks(sorted({r.round for r in m.rounds}))
         ax.set_ylabel("p99 ms" if attr == "p99_ms" else "qps")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize="small")

@@ -203,7 +203,7 @@ def test_cpu_and_rss_of_this_process() -> None:
 
 def test_core_accounting() -> None:
     stat = "cpu  9 9 9 9 9 0 0 0 0 0\ncpu0 100 5 20 800 10 1 2 0 7 0\ncpu1 1 1 1 1 1 1 1 1 0 0\n"
-    assert parse_core_busy(stat, 0) == (128, 938)  # idle+iowait excluded; guest not double-counted
+    assert parse_core_busy(stat, 0) == (125, 938)  # user+nice+system; guest not double-counted
     with pytest.raises(ValueError):
         parse_core_busy(stat, 5)
     ticks = os.sysconf("SC_CLK_TCK")

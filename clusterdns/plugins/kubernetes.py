@@ -208,8 +208,17 @@ class Kubernetes:
     def ready(self) -> bool:
         return self.source.synced()
 
+    def adopt(self, old: Kubernetes) -> None:
+        """Take over ``old``'s running source, store and index: a reload left this directive
+        unchanged, so the watch goes on and nothing is rebuilt. Symmetric, so a failed reload
+        hands them back with ``old.adopt(self)``."""
+        self.source, self.store, self.index = old.source, old.store, old.index
+        self._task, old._task = old._task, None
+
     async def start(self) -> None:
         """Start the source; wait up to startup_timeout for the first full sync, as CoreDNS does."""
+        if self._task is not None:  # adopted from the previous configuration: already running
+            return
         self._task = asyncio.get_running_loop().create_task(self.source.run(self.store))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.startup_timeout

@@ -391,12 +391,14 @@ def markdown(result: dict[str, Any], modes: list[ModeResult]) -> str:
         if m.name == "lowload":
             b = m.baseline
             out += [f"Low load ({m.seconds:g}s at 1,000 qps per round):", "",
-                    "| server | p50 ms | p99 ms | avg ms | µs/query | RSS MB |", "|---|---|---|---|---|---|"]
+                    "| server | p50 ms | p99 ms | avg ms | µs/query | RSS MB | others max % |",
+                    "|---|---|---|---|---|---|---|"]
             for s in ("clusterdns", b):
                 out.append(f"| {s} | {_fmt(m.median(s, 'p50_ms'), '.3f')} | {_fmt(m.median(s, 'p99_ms'), '.3f')}"
                            f" | {_fmt(m.median(s, 'avg_latency_ms'), '.3f')}"
                            f" | {_fmt(m.median(s, 'cpu_us_per_query'), '.1f')}"
-                           f" | {_fmt(m.median(s, 'rss_mb'), '.0f')} |")
+                           f" | {_fmt(m.median(s, 'rss_mb'), '.0f')}"
+                           f" | {max((r.foreign_pct for r in m.of(s)), default=0):.0f} |")
             out += ["", f"clusterdns/{b}: p50 {_ratio(m.p50_ratios)}, p99 {_ratio(m.p99_ratios)}", ""]
     notes = [f"- {m.name}: {n}" for m in modes for n in m.notes]
     if notes:

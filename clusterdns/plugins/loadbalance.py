@@ -6,9 +6,10 @@ As CoreDNS's round_robin, in each section: a run of only A or only AAAA records 
 otherwise CNAMEs go first, then other records in their order, then the shuffled addresses, then the
 shuffled MX records. The shuffle is uniform (``random.shuffle``).
 
-It works on the wire: records are located with ``wire.scan`` and their byte ranges permuted. That is
-only safe when no compression pointer in the message points into the bytes that move; when one
-does, the message goes through a dnslib parse, reorder and pack instead.
+It works on the wire: records are located with ``wire.scan`` and their byte ranges permuted, after a
+plan worked out once per distinct message (answers repeat: the plan is memoized by the bytes after
+the ID). Moving bytes is only safe when no compression pointer in the message points into them;
+when one does, the message goes through a dnslib parse, reorder and pack instead.
 """
 
 from __future__ import annotations

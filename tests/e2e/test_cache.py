@@ -4,6 +4,7 @@ and in front of the kubernetes plugin (kubeadm's ``disable success|denial cluste
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import dns.rcode
 import pytest
 
 from tests.conftest import StartServer
-from tests.procs import Server, answers
+from tests.procs import Server, answers, free_port
 from tests.upstreams import Upstream, unbound
 
 pytestmark = pytest.mark.e2e
@@ -182,3 +183,31 @@ def test_kubeadm_disable_does_not_hide_cluster_changes(start_server: StartServer
     # although it has re-read its objects by now (they are polled every second).
     time.sleep(1.2)
     assert answers(control.query(web)) == {"10.0.9.1"} and control.query(fresh).rcode() == dns.rcode.NXDOMAIN
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of the one sample of ``name`` carrying ``labels`` in a /metrics page."""
+    found = [line for line in text.splitlines() if line.startswith(name + "{")
+             and all(f'{k}="{v}"' in line for k, v in labels.items())]
+    assert len(found) == 1, (name, labels, found)
+    return float(found[0].rsplit(" ", 1)[1])
+
+
+def test_metrics_with_coredns_names(start_server: StartServer, upstream: Upstream) -> None:
+    mport = free_port()
+    srv = cached(start_server, upstream, f"cache 30 example.test {{\n  success 1\n }}\n prometheus 127.0.0.1:{mport}")
+    for name in ("a", "a", "b", "nope", "nope"):
+        srv.query(f"{name}.{ZONE}")
+    srv.query("not.cached.invalid.")  # outside the cache's zones: not counted
+    with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    common = {"server": f"dns://127.0.0.1:{srv.port}", "zones": ZONE, "view": ""}
+    assert sample(text, "coredns_cache_requests_total", **common) == 5
+    assert sample(text, "coredns_cache_misses_total", **common) == 3
+    assert sample(text, "coredns_cache_hits_total", type="success", **common) == 1
+    assert sample(text, "coredns_cache_hits_total", type="denial", **common) == 1
+    assert sample(text, "coredns_cache_entries", type="success", **common) == 1
+    assert sample(text, "coredns_cache_entries", type="denial", **common) == 1
+    assert sample(text, "coredns_cache_evictions_total", type="success", **common) == 1  # b pushed a out
+    assert sample(text, "coredns_dns_responses_total", plugin="cache", rcode="NOERROR") == 1
+    assert sample(text, "coredns_dns_responses_total", plugin="cache", rcode="NXDOMAIN") == 1

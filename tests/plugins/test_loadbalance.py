@@ -26,7 +26,7 @@ def query(name: str = "web.example.org.", qtype: str = "A") -> Request:
     return parse_query(dns.message.make_query(name, qtype).to_wire(), "udp", ("127.0.0.1", 5300))
 
 
-def message(answer: list[str], additional: list[str] = (), name: str = "web.example.org.") -> bytes:  # type: ignore[assignment]
+def message(answer: list[str], additional: tuple[str, ...] | list[str] = (), name: str = "web.example.org.") -> bytes:
     """A compressed response built by dnspython from presentation-format records."""
     q = dns.message.make_query(name, "A")
     r = dns.message.make_response(q)
@@ -118,9 +118,14 @@ def test_pointer_into_moving_records_falls_back_to_dnslib(monkeypatch: pytest.Mo
         ["mx1.example.org. 60 IN A 10.0.0.1", "mx2.example.org. 60 IN A 10.0.0.2"],
         name="example.org.",
     )
-    calls = []
+    calls: list[bytes] = []
     slow = loadbalance._shuffle_parsed
-    monkeypatch.setattr(loadbalance, "_shuffle_parsed", lambda m, r: calls.append(1) or slow(m, r))
+
+    def counted(msg: bytes, rng: random.Random) -> bytes:
+        calls.append(msg)
+        return slow(msg, rng)
+
+    monkeypatch.setattr(loadbalance, "_shuffle_parsed", counted)
     orders = set()
     for seed in range(20):
         out = shuffle_wire(wire, random.Random(seed))

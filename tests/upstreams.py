@@ -27,9 +27,10 @@ def _binary(name: str) -> str:
 
 
 class Upstream:
-    """A resolver process on 127.0.0.1:port whose log lines are collected."""
+    """A resolver process on host:port (127.0.0.1 unless told) whose log lines are collected."""
 
-    def __init__(self, cmd: list[str], port: int, query_marker: str) -> None:
+    def __init__(self, cmd: list[str], port: int, query_marker: str, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = port
         self.cmd = cmd
         self.marker = query_marker
@@ -45,7 +46,7 @@ class Upstream:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                dns.query.udp(dns.message.make_query("probe.invalid.", "A"), "127.0.0.1", port=self.port, timeout=0.3)
+                dns.query.udp(dns.message.make_query("probe.invalid.", "A"), self.host, port=self.port, timeout=0.05)
                 return
             except Exception:
                 if self.proc.poll() is not None:
@@ -77,17 +78,18 @@ class Upstream:
                 self.proc.stdout.close()
 
 
-def dnsmasq(records: dict[str, list[str]], port: int | None = None, nxdomain: tuple[str, ...] = ()) -> Upstream:
-    """dnsmasq answering ``records`` ({name: [ip, ...]}); names under ``nxdomain`` get NXDOMAIN."""
+def dnsmasq(records: dict[str, list[str]], port: int | None = None, nxdomain: tuple[str, ...] = (),
+            host: str = "127.0.0.1") -> Upstream:
+    """dnsmasq answering ``records`` ({name: [ip, ...]}) on ``host``; names under ``nxdomain`` get NXDOMAIN."""
     port = port or free_port()
     # --keep-in-foreground, not --no-daemon: in debug mode dnsmasq serves TCP in its main process,
     # so one idle pooled TCP connection (as forward keeps) would stall every UDP query.
-    cmd = [_binary("dnsmasq"), "--keep-in-foreground", f"--port={port}", "--listen-address=127.0.0.1",
+    cmd = [_binary("dnsmasq"), "--keep-in-foreground", f"--port={port}", f"--listen-address={host}",
            "--bind-interfaces", "--no-resolv", "--no-hosts", "--log-queries", "--log-facility=-", "--pid-file=",
            "--user=root", "--cache-size=0"]
     cmd += [f"--host-record={name},{ip}" for name, ips in records.items() for ip in ips]
     cmd += [f"--address=/{d}/" for d in nxdomain]
-    return Upstream(cmd, port, "query[")
+    return Upstream(cmd, port, "query[", host)
 
 
 def unbound(local_data: list[str], zone: str, workdir: Path, port: int | None = None) -> Upstream:

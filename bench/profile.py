@@ -1,8 +1,9 @@
 """Where clusterdns spends its time under load: py-spy samples, summarised per function.
 
 py-spy's ``raw`` format is one collapsed stack per line, ``frame;frame;... COUNT``, each frame
-``function (file:line)``. Self time is the leaf frame's; total time counts a function once per stack
-it appears in. C code (socket calls, the event loop) shows up as the Python frame that called it.
+``function (file:line)``. Hot spots are ranked per function (lines folded) and per line. Self time is
+the leaf frame's; total time counts a function once per stack it appears in. C code (socket calls,
+the event loop) shows up as the Python frame that called it.
 """
 
 from __future__ import annotations
@@ -33,17 +34,22 @@ def py_spy() -> str | None:
 
 
 def record_cmd(exe: str, pid: int, out: Path, fmt: str, seconds: int, core: str, rate: int = 250) -> list[str]:
-    """py-spy on ``core``, sampling without pausing the server (``--nonblocking``) so it perturbs least.
-
-    ``raw`` aggregates by function (``-F``) for the summary; a flamegraph keeps line numbers.
-    """
-    cmd = ["taskset", "-c", core, exe, "record", "--pid", str(pid), "-d", str(seconds), "-r", str(rate),
-           "-f", fmt, "-o", str(out), "--nonblocking"]
-    return cmd + (["-F"] if fmt == "raw" else [])
+    """py-spy on ``core``, sampling without pausing the server (``--nonblocking``) so it perturbs least."""
+    return ["taskset", "-c", core, exe, "record", "--pid", str(pid), "-d", str(seconds), "-r", str(rate),
+            "-f", fmt, "-o", str(out), "--nonblocking"]
 
 
-def parse_raw(text: str) -> tuple[Counter[str], Counter[str], int]:
-    """(self samples per function, total samples per function, all samples) from py-spy raw output."""
+def function_of(frame: str) -> str:
+    """``name (file:line)`` -> ``name (file)``: py-spy records lines; hot spots are ranked per function."""
+    name, sep, rest = frame.rpartition(" (")
+    if not sep or not rest.endswith(")"):
+        return frame
+    path, colon, line = rest[:-1].rpartition(":")
+    return f"{name} ({path})" if colon and line.isdigit() else frame
+
+
+def parse_raw(text: str, by_line: bool = False) -> tuple[Counter[str], Counter[str], int]:
+    """(self samples, total samples, all samples) per function (or per line) from py-spy raw output."""
     self_n: Counter[str] = Counter()
     total_n: Counter[str] = Counter()
     samples = 0
@@ -52,7 +58,7 @@ def parse_raw(text: str) -> tuple[Counter[str], Counter[str], int]:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = stack.split(";")
+        frames = stack.split(";") if by_line else [function_of(f) for f in stack.split(";")]
         samples += n
         self_n[frames[-1]] += n
         for f in set(frames):
@@ -60,9 +66,9 @@ def parse_raw(text: str) -> tuple[Counter[str], Counter[str], int]:
     return self_n, total_n, samples
 
 
-def hotspots(text: str, top: int = 15, ours_only: bool = False) -> list[Hotspot]:
-    """The ``top`` functions by self time (only clusterdns's own with ``ours_only``)."""
-    self_n, total_n, samples = parse_raw(text)
+def hotspots(text: str, top: int = 15, ours_only: bool = False, by_line: bool = False) -> list[Hotspot]:
+    """The ``top`` functions (or lines) by self time, only clusterdns's own with ``ours_only``."""
+    self_n, total_n, samples = parse_raw(text, by_line)
     if not samples:
         return []
     ranked = [f for f, _ in self_n.most_common() if not ours_only or OUR_CODE in f]

@@ -331,6 +331,7 @@ class Bench:
             self.profile["top_self"] = [asdict(h) for h in profile.hotspots(text, 15)]
             self.profile["top_self_ours"] = [asdict(h) for h in profile.hotspots(text, 15, ours_only=True)]
             self.profile["top_total_ours"] = [asdict(h) for h in profile.inclusive(text, 15)]
+            self.profile["top_lines_ours"] = [asdict(h) for h in profile.hotspots(text, 15, True, by_line=True)]
 
     def run_scale(self) -> list[dict[str, Any]]:
         out = []
@@ -422,6 +423,8 @@ def markdown(result: dict[str, Any], modes: list[ModeResult]) -> str:
         out += [f"| `{h['function']}` | {h['self_pct']:.1f} | {h['total_pct']:.1f} |" for h in prof["top_self"]]
         out += ["", "clusterdns's own functions by total time:", "", "| function | self % | total % |", "|---|---|---|"]
         out += [f"| `{h['function']}` | {h['self_pct']:.1f} | {h['total_pct']:.1f} |" for h in prof["top_total_ours"]]
+        out += ["", "clusterdns's own lines by self time:", "", "| line | self % |", "|---|---|"]
+        out += [f"| `{h['function']}` | {h['self_pct']:.1f} |" for h in prof["top_lines_ours"]]
         out.append("")
     return "\n".join(out)
 
@@ -462,7 +465,7 @@ def plot(modes: list[ModeResult], path: Path) -> bool:
 # --- entry ---------------------------------------------------------------------------------------
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=8, help="seconds per measured dnsperf run (default 8)")
+    p.add_argument("--duration", type=float, default=7, help="seconds per measured dnsperf run (default 7)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved clusterdns/baseline pairs per mode (default 3)")
     p.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated subset of {','.join(ALL_MODES)}")
     p.add_argument("--services", type=int, default=1000, help="Services in the served cluster (default 1000)")
@@ -470,7 +473,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scale-sizes", default="1000,10000,100000", help="Service counts for the scale mode")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                    help="py-spy profile of clusterdns under the cluster load (default on)")
-    p.add_argument("--profile-seconds", type=int, default=8)
+    p.add_argument("--profile-seconds", type=int, default=6)
     p.add_argument("--netns", action=argparse.BooleanOptionalAction, default=True,
                    help="run inside a private network namespace when root (default on)")
     p.add_argument("--install", action=argparse.BooleanOptionalAction, default=True,

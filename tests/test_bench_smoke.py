@@ -251,27 +251,37 @@ def test_dnsmasq_baseline_answers_the_hosts_file_under_dnsperf(tmp_path: Path) -
 
 # --- profile summary -----------------------------------------------------------------------------
 RAW = """\
-<module> (clusterdns/__main__.py:1);run (clusterdns/server/run.py:88);_readable (clusterdns/server/udp.py:40) 50
-<module> (clusterdns/__main__.py:1);run (clusterdns/server/run.py:88);_readable (clusterdns/server/udp.py:40);\
-handle (clusterdns/server/dispatch.py:45) 30
-<module> (clusterdns/__main__.py:1);run (clusterdns/server/run.py:88);select (selectors.py:451) 20
+<module> (clusterdns/__main__.py:1);run (clusterdns/server/run.py:88);_readable (clusterdns/server/udp.py:44) 30
+<module> (clusterdns/__main__.py:1);run (clusterdns/server/run.py:88);_readable (clusterdns/server/udp.py:47) 20
+<module> (clusterdns/__main__.py:1);run (clusterdns/server/run.py:88);_readable (clusterdns/server/udp.py:47);\
+handle (clusterdns/server/dispatch.py:50) 30
+<module> (clusterdns/__main__.py:1);run (clusterdns/server/run.py:90);select (selectors.py:451) 20
 """
 
 
 def test_profile_summary() -> None:
+    assert profile.function_of("handle (clusterdns/server/dispatch.py:50)") == "handle (clusterdns/server/dispatch.py)"
+    assert profile.function_of("<lambda> (<string>:2)") == "<lambda> (<string>)"
+    assert profile.function_of("odd frame") == "odd frame"
     self_n, total_n, samples = profile.parse_raw(RAW + "garbage line\n")
     assert samples == 100
-    assert self_n["_readable (clusterdns/server/udp.py:40)"] == 50
-    assert total_n["_readable (clusterdns/server/udp.py:40)"] == 80
+    assert self_n["_readable (clusterdns/server/udp.py)"] == 50  # two lines folded into one function
+    assert total_n["_readable (clusterdns/server/udp.py)"] == 80
+    assert total_n["run (clusterdns/server/run.py)"] == 100  # counted once per stack
     top = profile.hotspots(RAW, 2)
-    assert [h.function for h in top] == ["_readable (clusterdns/server/udp.py:40)",
-                                         "handle (clusterdns/server/dispatch.py:45)"]
+    assert [h.function for h in top] == ["_readable (clusterdns/server/udp.py)",
+                                         "handle (clusterdns/server/dispatch.py)"]
     assert top[0].self_pct == 50.0 and top[0].total_pct == 80.0
     assert [h.function.split()[0] for h in profile.hotspots(RAW, 5, ours_only=True)] == ["_readable", "handle"]
+    lines = profile.hotspots(RAW, 5, ours_only=True, by_line=True)
+    assert [(h.function, h.self_pct) for h in lines] == [("_readable (clusterdns/server/udp.py:44)", 30.0),
+                                                         ("handle (clusterdns/server/dispatch.py:50)", 30.0),
+                                                         ("_readable (clusterdns/server/udp.py:47)", 20.0)]
     # the frames every sample passes through are no hot spot
     assert [h.function.split()[0] for h in profile.inclusive(RAW)] == ["_readable", "handle"]
     cmd = profile.record_cmd("py-spy", 7, Path("out.txt"), "raw", 3, "1")
-    assert cmd[:3] == ["taskset", "-c", "1"] and "--nonblocking" in cmd and "-F" in cmd
+    assert cmd[:3] == ["taskset", "-c", "1"] and "--nonblocking" in cmd
+    assert cmd[cmd.index("-f") + 1] == "raw" and cmd[cmd.index("--pid") + 1] == "7"
 
 
 # --- scale and report ----------------------------------------------------------------------------

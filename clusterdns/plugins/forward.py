@@ -179,10 +179,10 @@ class Forward:
 
     def matches(self, qname: str) -> bool:
         """Under FROM and not under an ``except`` domain (FROM itself is always forwarded)."""
-        if qname == self.zone:
-            return True
         if self.zone != "." and not qname.endswith(self._dotted):
-            return False
+            return qname == self.zone
+        if not self.excepts or qname == self.zone:
+            return True
         return not any(qname == e or qname.endswith(dotted) for e, dotted in self.excepts)
 
     async def serve(self, req: Request, call_next: Next) -> Response:
@@ -213,8 +213,8 @@ class Forward:
         err: UpstreamError | None = None
         # Bounded by attempts (each pass over the list makes at least one) and by the deadline.
         while attempts < self.attempts:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            now = loop.time()
+            if now >= deadline:
                 break
             if i >= n:
                 i = skipped = 0
@@ -231,7 +231,7 @@ class Forward:
                 proxy = random.choice(self.proxies)  # health checking itself may be what is broken
             attempts += 1
             try:
-                resp = await self._ask(proxy, req, proto, min(cfg.read_timeout, remaining), deadline)
+                resp = await self._ask(loop, now, proxy, req, proto, deadline)
             except UpstreamError as e:
                 err = e
                 if cfg.max_fails:
@@ -245,11 +245,11 @@ class Forward:
             return resp
         raise err or UpstreamError("no upstream answered in time")
 
-    async def _ask(self, proxy: Proxy, req: Request, proto: str, timeout: float, deadline: float) -> Response:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+    async def _ask(self, loop: asyncio.AbstractEventLoop, start: float, proxy: Proxy, req: Request, proto: str,
+                   deadline: float) -> Response:
+        """One try: each exchange gets read_timeout, or what is left of the query's time if less."""
         up = proxy.upstream
-        wire = await up.exchange(req.data, proto, timeout)
+        wire = await up.exchange(req.data, proto, min(self.cfg.read_timeout, deadline - start))
         # A truncated UDP answer is retried over TCP when the client can take more than the
         # upstream sent: it came over TCP (prefer_udp), or it offered an EDNS buffer the upstream
         # capped (dnsmasq and unbound send at most 1232 bytes).

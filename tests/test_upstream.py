@@ -186,6 +186,30 @@ def test_udp_timeout_reads_like_go() -> None:
     assert 0.19 < took < 0.5
 
 
+def test_udp_each_query_times_out_on_its_own_deadline() -> None:
+    """One timer per socket: a shorter timeout added later must still fire first, and on time."""
+
+    async def scenario() -> list[float]:
+        async with udp_server(lambda d: [answer(d)] if b"\x04fast" in d else []) as (_, port):
+            up = Upstream("127.0.0.1", port)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            ended: list[float] = []
+
+            async def one(name: str, timeout: float) -> None:
+                try:
+                    await up.exchange(query(name), "udp", timeout)
+                except UpstreamError:
+                    pass
+                ended.append(round(loop.time() - start, 1))
+
+            await asyncio.gather(one("slow.example.", 0.4), one("short.example.", 0.1), one("fast.example.", 0.2))
+            up.close()
+            return ended
+
+    assert run(scenario()) == [0.0, 0.1, 0.4]
+
+
 def test_udp_refused_fails_at_once() -> None:
     port = free_port()  # nothing listens there: the kernel answers ICMP port unreachable
 

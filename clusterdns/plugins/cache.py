@@ -194,9 +194,7 @@ class Cache:
             entry = self.denial.get(key)
         if entry is None:
             self._misses[self._lbl] += 1
-            resp = await call_next(req)
-            fresh = self.admit(req, key, resp)
-            return resp if fresh is None else Response(fresh.build(req, fresh.ttl), fresh.rcode, resp.plugin)
+            return self._keep(req, key, await call_next(req))
         self._hits[entry.kind][self._lbl_type[entry.kind]] += 1
         now = self.clock()
         ttl = entry.ttl - int(now - entry.stored)
@@ -213,8 +211,7 @@ class Cache:
                 log.debug("cache: refreshing %s failed, serving stale: %s", req.qname, e)
             else:
                 if resp.rcode in (NOERROR, NXDOMAIN):
-                    fresh = self.admit(req, key, resp)
-                    return resp if fresh is None else Response(fresh.build(req, fresh.ttl), fresh.rcode, resp.plugin)
+                    return self._keep(req, key, resp)
         else:
             self._refresh(req, key, call_next, entry, prefetch=False)
         REGISTRY.inc(STALE.name, self._lbl)
@@ -250,6 +247,11 @@ class Cache:
             old.refreshing = False
 
     # --- storing ---------------------------------------------------------------------------
+    def _keep(self, req: Request, key: Key, resp: Response) -> Response:
+        """Store ``resp`` if it is cacheable and answer with the stored copy (its TTLs as hits will see them)."""
+        entry = self.admit(req, key, resp)
+        return resp if entry is None else Response(entry.build(req, entry.ttl), entry.rcode, resp.plugin)
+
     def admit(self, req: Request, key: Key, resp: Response) -> Entry | None:
         """Store ``resp`` when it is cacheable; the stored entry, or None."""
         wire = resp.wire

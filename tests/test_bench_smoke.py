@@ -6,6 +6,7 @@ Not a performance assertion: nothing here depends on how fast anything is.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import gen, profile, servers
+from bench import chain, gen, profile, servers
 from bench.measure import (
     core_busy,
     cpu_seconds,
@@ -37,7 +38,7 @@ from clusterdns.k8s.records import Options
 from clusterdns.k8s.sources.files import load_objects
 from clusterdns.k8s.store import Store
 from clusterdns.server.app import App
-from clusterdns.wire import T_A, T_SRV
+from clusterdns.wire import T_A, T_SRV, parse_query
 from tests.procs import have
 
 UDP_REPORT = """\
@@ -247,6 +248,23 @@ def test_dnsmasq_baseline_answers_the_hosts_file_under_dnsperf(tmp_path: Path) -
     finally:
         proc.stop()
     assert proc.proc is not None and proc.proc.poll() is not None
+
+
+def test_chain_feeds_the_real_query_path(tmp_path: Path) -> None:
+    c = gen.Cluster(services=20, endpoints_per_service=2)
+    manifests = gen.write_manifests(c, tmp_path / "cluster.yaml")
+    qfile = gen.write_lines(tmp_path / "q.txt", gen.nxdomain_queries(c, random.Random(3)))
+    wire = chain.read_queries(qfile)
+    assert len(wire) == 22
+    req = parse_query(wire[0], "udp", chain.CLIENT)
+    assert f"{req.qname} A" == qfile.read_text().splitlines()[0] and req.qtype == T_A
+    text, _ = servers.corefile(servers.free_port(), manifests, servers.clusterdns_plugins(), None)
+    conf = tmp_path / "Corefile"
+    conf.write_text(text)
+    row = asyncio.run(chain.measure(conf, [qfile], count=400, top=5))["q.txt"]
+    assert row["answered_at_once"] == 400 and row["us_per_query"] > 0
+    assert len(row["profile"]) == 5 and any("clusterdns/" in r["function"] for r in row["profile"])
+    assert all(0 <= r["self_pct"] <= 100 for r in row["profile"])
 
 
 # --- profile summary -----------------------------------------------------------------------------

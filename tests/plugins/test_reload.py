@@ -39,7 +39,7 @@ def configure(text: str, tmp_path: Path) -> App:
 def test_syntax(args: str, interval: float, jitter: float, tmp_path: Path) -> None:
     r = configure(f".:1053 {{\n    reload {args}\n}}\n", tmp_path).sites[0].config.plugins["reload"]
     assert r == Reload(interval, jitter)
-    delays = [r.next_delay() for _ in range(200)]  # type: ignore[attr-defined]
+    delays = [r.next_delay() for _ in range(200)]
     assert all(interval - jitter / 2 <= d <= interval + jitter / 2 for d in delays)
     assert jitter == 0 or max(delays) - min(delays) > jitter / 4
 
@@ -92,6 +92,7 @@ def test_unchanged_ports_keep_their_sockets_and_kubernetes_keeps_its_index(tmp_p
         try:
             old, k = r.app, kubernetes_of(r.app)
             task, index, socks = k._task, k.index, sockets(r.app)
+            assert task is not None
             http_listener = r.process.http.listeners[("127.0.0.1", ports["health"])]
             assert await r.reload() is False  # nothing changed
             path.write_text("# a comment\n" + path.read_text().replace("    bind", "\n\n  bind"))

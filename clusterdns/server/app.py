@@ -238,13 +238,14 @@ class App:
             for listener in group:
                 listener.dispatcher = disp
             self._bound[key] = group
-        old.close_listeners()  # the addresses this configuration no longer serves
+        old.stop_accepting()  # the addresses this configuration no longer serves
         self.process.http.serve(self.routes)
         self.publish()
 
     async def retire(self) -> None:
         """After a successful take-over: let the old chains finish their queries, then stop them."""
         await self.drain(DRAIN_TIMEOUT)
+        self.close_listeners()
         await self.run_shutdown()
 
     async def discard(self) -> None:
@@ -268,6 +269,20 @@ class App:
                     for name in names:
                         enabled[(server, zone, "", name)] = 1
 
+    def stop_accepting(self) -> None:
+        """Read no more queries and accept no more connections, but keep every socket open so the
+        answers to queries in flight can still be sent; ``close_listeners`` closes them."""
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners:
+            if isinstance(listener, UdpListener):
+                loop.remove_reader(listener.sock.fileno())
+                continue
+            if listener.server is not None:
+                listener.server.close()
+            for conn in listener.connections:
+                if conn.transport is not None:
+                    conn.transport.pause_reading()
+
     def close_listeners(self) -> None:
         for listener in self.listeners:
             listener.close()
@@ -290,9 +305,11 @@ class App:
                     log.exception("shutdown hook failed")
 
     async def shutdown(self) -> None:
-        """Stop listening for DNS, finish the queries in flight (bounded), run shut-down hooks."""
-        self.close_listeners()
+        """Stop reading DNS queries, finish those in flight (bounded), close the sockets, run the
+        shut-down hooks."""
+        self.stop_accepting()
         await self.drain()
+        self.close_listeners()
         await self.run_shutdown()
 
     def describe(self) -> str:

@@ -7,13 +7,18 @@ import asyncio
 import logging
 from pathlib import Path
 
+import dns.exception
+import dns.message
+import dns.query
 import pytest
 
 from clusterdns import metrics
 from clusterdns.corefile import CorefileError, parse
+from clusterdns.plugin import NOERROR, Request, Response
 from clusterdns.plugins import health
 from clusterdns.server.app import App
-from tests.plugins.inprocess import get, runner, stop, write
+from clusterdns.wire import reply
+from tests.plugins.inprocess import get, query, runner, stop, write
 from tests.procs import free_port
 
 
@@ -101,3 +106,35 @@ def test_self_check_counts_failures(monkeypatch: pytest.MonkeyPatch, caplog: pyt
         asyncio.run(main())
     assert metrics.REGISTRY.values[metrics.HEALTH_FAILURES.name][()] - failures >= 2
     assert f'Local health request to "http://127.0.0.1:{closed}/health" failed' in caplog.text
+
+
+async def slow(req: Request) -> Response:
+    await asyncio.sleep(0.3)  # e.g. waiting on an upstream
+    return Response(reply(req, NOERROR), NOERROR, "slow")
+
+
+def _tcp_query(port: int) -> dns.message.Message:
+    return dns.query.tcp(dns.message.make_query("x.example.", "A"), "127.0.0.1", port=port, timeout=2)
+
+
+def test_shutdown_answers_the_queries_in_flight_then_closes(tmp_path: Path) -> None:
+    port = free_port()
+    path = write(tmp_path, ".:{dns} {{\n    bind 127.0.0.1\n}}\n", dns=port)
+
+    async def main() -> None:
+        r = await runner(path)
+        assert r.app is not None
+        disp = r.app.dispatchers[("127.0.0.1", port)]
+        disp.add(".", slow, f"dns://127.0.0.1:{port}")
+        udp = asyncio.ensure_future(query(port, "x.example."))
+        tcp = asyncio.ensure_future(asyncio.to_thread(_tcp_query, port))
+        while disp.inflight < 2:
+            await asyncio.sleep(0.01)
+        await stop(r)  # stop reading, drain, close, hooks
+        assert (await udp).rcode() == NOERROR and (await tcp).rcode() == NOERROR
+        with pytest.raises(dns.exception.Timeout):
+            await query(port, "x.example.", timeout=0.3)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.to_thread(_tcp_query, port)
+
+    asyncio.run(main())

@@ -15,10 +15,12 @@ import pytest
 
 from clusterdns import metrics
 from clusterdns.corefile import CorefileError, parse
+from clusterdns.plugin import NOERROR, Request, Response
 from clusterdns.plugins.kubernetes import Kubernetes
 from clusterdns.plugins.reload import Reload
 from clusterdns.server.app import App
 from clusterdns.server.run import Runner
+from clusterdns.wire import reply
 from tests.plugins.inprocess import get, query, rcode, runner, stop, write
 from tests.procs import free_port
 
@@ -152,6 +154,35 @@ def test_ports_move(tmp_path: Path) -> None:
                 await get(ports["health"], "/health")
             with pytest.raises(dns.exception.Timeout):
                 await query(ports["dns"], "web.default.svc.cluster.local.", timeout=0.3)
+        finally:
+            await stop(r)
+
+    asyncio.run(main())
+
+
+async def slow(req: Request) -> Response:
+    await asyncio.sleep(0.3)  # e.g. waiting on an upstream
+    return Response(reply(req, NOERROR), NOERROR, "slow")
+
+
+def test_queries_in_flight_finish_on_the_old_chain(tmp_path: Path) -> None:
+    ports = {"dns": free_port(), "health": free_port()}
+    path = write(tmp_path, COREFILE, **ports)
+    new_dns = free_port()
+
+    async def main() -> None:
+        r = await runner(path)
+        try:
+            disp = r.app.dispatchers[("127.0.0.1", ports["dns"])]  # type: ignore[union-attr]
+            disp.add(".", slow, "dns://")
+            pending = asyncio.ensure_future(query(ports["dns"], "x.example."))
+            while disp.inflight < 1:
+                await asyncio.sleep(0.01)
+            path.write_text(COREFILE.format(dns=new_dns, health=ports["health"]))  # the old port goes away
+            assert await r.reload() is True
+            assert (await pending).rcode() == NOERROR  # answered on the old port before it closed
+            assert disp.inflight == 0
+            assert await rcode(new_dns, "web.default.svc.cluster.local.") == "NOERROR"
         finally:
             await stop(r)
 

@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import StartServer
+from tests.k8sapi.server import FakeApiServer
 from tests.procs import Server, answers, free_port
 from tests.upstreams import Upstream, dnsmasq
 
@@ -215,28 +216,31 @@ def test_a_listener_serves_only_the_paths_configured_on_it(start_server: StartSe
     assert srv.proc.poll() is None
 
 
-def test_ready_waits_for_the_first_list_from_the_api(start_server: StartServer, tmp_path: Path) -> None:
-    pytest.importorskip("clusterdns.k8s.sources.api")
-    from tests.k8sapi.server import FakeApiServer
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    """A fake API server; requested before start_server, so it outlives the servers using it."""
+    srv = FakeApiServer()
+    srv.start()
+    yield srv
+    srv.stop()
 
-    api = FakeApiServer()
-    api.start()
-    try:
-        api.delay_list(3.0)  # longer than ready's first "Still waiting on" line (2 s)
-        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-        rport = free_port()
-        srv = start_server(fill(".:{port} {\n    bind 127.0.0.1\n    ready 127.0.0.1:{rport}\n"
-                                "    kubernetes cluster.local {\n        kubeconfig {kc}\n    }\n}\n",
-                                rport=rport).replace("{kc}", kubeconfig), ready=False)
-        wait_for(lambda: _status(rport) is not None, 5)
-        start = time.monotonic()
-        assert get(rport, "/ready") == (503, "kubernetes")
-        wait_for(lambda: get(rport, "/ready") == (200, "OK"), 6)
-        assert time.monotonic() - start > 0.5  # it really waited for the delayed list
-        srv.wait_ready()
-        srv.wait_for_line('plugin/ready: Still waiting on: "kubernetes"', timeout=1)
-    finally:
-        api.stop()
+
+def test_ready_waits_for_the_first_list_from_the_api(api: FakeApiServer, start_server: StartServer,
+                                                     tmp_path: Path) -> None:
+    pytest.importorskip("clusterdns.k8s.sources.api")
+    api.delay_list(3.0)  # longer than ready's first "Still waiting on" line (2 s)
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    rport = free_port()
+    srv = start_server(fill(".:{port} {\n    bind 127.0.0.1\n    ready 127.0.0.1:{rport}\n"
+                            "    kubernetes cluster.local {\n        kubeconfig {kc}\n    }\n}\n",
+                            rport=rport).replace("{kc}", kubeconfig), ready=False)
+    wait_for(lambda: _status(rport) is not None, 5)
+    start = time.monotonic()
+    assert get(rport, "/ready") == (503, "kubernetes")
+    wait_for(lambda: get(rport, "/ready") == (200, "OK"), 6)
+    assert time.monotonic() - start > 0.5  # it really waited for the delayed list
+    srv.wait_ready()
+    srv.wait_for_line('plugin/ready: Still waiting on: "kubernetes"', timeout=1)
 
 
 def _status(port: int) -> int | None:

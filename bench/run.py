@@ -298,7 +298,7 @@ class Bench:
             check_answers(res)
             if mode.name == "cluster" and self.args.profile:
                 self.run_profile(ours, queries)
-                self.run_chain(mode)
+                self.run_chain()
         finally:
             for p in pair:
                 p.stop()
@@ -334,23 +334,32 @@ class Bench:
             self.profile["top_total_ours"] = [asdict(h) for h in profile.inclusive(text, 15)]
             self.profile["top_lines_ours"] = [asdict(h) for h in profile.hotspots(text, 15, True, by_line=True)]
 
-    def run_chain(self, mode: Mode) -> None:
-        """The same Corefile in-process without sockets (bench/chain.py): the Python side of a query."""
-        text, _ = servers.corefile(servers.free_port(), self.manifests, self.available, None)
-        conf = self.work / "Corefile-chain"
-        conf.write_text(text)
-        files = [self.files["cluster"], self.files["nxdomain"]]
-        res = subprocess.run(
-            servers.pinned(servers.SERVER_CORE, [sys.executable, "-m", "bench.chain", "--conf", str(conf),
-                                                 *[a for f in files for a in ("--queries", str(f))]]),
-            capture_output=True, text=True, cwd=self.work, timeout=300, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(servers.ROOT)})
-        if res.returncode != 0:
-            print(f"  chain: failed:\n{res.stderr[-1500:]}", file=sys.stderr)
-            return
-        self.profile["chain"] = json.loads(res.stdout.strip().splitlines()[-1])
-        for name, row in self.profile["chain"].items():
-            print(f"  chain    {name}: {row['us_per_query']:.1f} us/query in-process, no sockets", flush=True)
+    def run_chain(self) -> None:
+        """The Corefile in-process without sockets (bench/chain.py): the Python side of a query.
+
+        Twice: the production chain, where ``cache`` answers every repeated name, and ``errors`` +
+        ``kubernetes`` alone, the index's prepared-answer path the cache hides.
+        """
+        variants = {"production": (self.available, ["cluster", "nxdomain"]),
+                    "errors + kubernetes": (["bind", "errors", "kubernetes"], ["cluster"])}
+        self.profile["chain"] = {}
+        for variant, (plugins, keys) in variants.items():
+            text, _ = servers.corefile(servers.free_port(), self.manifests, plugins, None)
+            conf = self.work / f"Corefile-chain-{len(self.profile['chain'])}"
+            conf.write_text(text)
+            res = subprocess.run(
+                servers.pinned(servers.SERVER_CORE, [sys.executable, "-m", "bench.chain", "--conf", str(conf),
+                                                     *[a for k in keys for a in ("--queries", str(self.files[k]))]]),
+                capture_output=True, text=True, cwd=self.work, timeout=300, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(servers.ROOT)})
+            if res.returncode != 0:
+                print(f"  chain ({variant}): failed:\n{res.stderr[-1500:]}", file=sys.stderr)
+                continue
+            rows = json.loads(res.stdout.strip().splitlines()[-1])
+            self.profile["chain"][variant] = rows
+            for name, row in rows.items():
+                print(f"  chain    {variant}, {name}: {row['us_per_query']:.1f} us/query in-process, no sockets",
+                      flush=True)
 
     def run_scale(self) -> list[dict[str, Any]]:
         out = []
@@ -439,19 +448,22 @@ def markdown(result: dict[str, Any], modes: list[ModeResult]) -> str:
     chain = prof.get("chain") or {}
     if chain:
         cpu = {m.name: m.median("clusterdns", "cpu_us_per_query") for m in modes}
-        out += ["The query path in-process, no sockets (bench/chain.py: the production Corefile's App, queries fed"
-                " to Dispatcher.handle):", "",
-                "| queries | µs/query in-process | µs/query process CPU under dnsperf | rest: kernel + event loop |",
-                "|---|---|---|---|"]
-        for name, row in chain.items():
-            under = cpu.get(name.removeprefix("q-").removesuffix(".txt"))
-            rest = None if under is None else under - row["us_per_query"]
-            out.append(f"| {name} | {row['us_per_query']:.1f} | {_fmt(under, '.1f')} | {_fmt(rest, '.1f')} |")
-        first = next(iter(chain.values()))
-        out += ["", "cProfile of that path (cluster names; shares of profiled time):", "",
-                "| function | calls/query | self % | total % |", "|---|---|---|---|"]
-        out += [f"| `{r['function']}` | {r['calls_per_query']:.1f} | {r['self_pct']:.1f} | {r['total_pct']:.1f} |"
-                for r in first["profile"]]
+        out += ["The query path in-process, no sockets (bench/chain.py: the Corefile's App, queries fed to"
+                " Dispatcher.handle; CPU time):", "",
+                "| chain | queries | µs/query in-process | µs/query process CPU under dnsperf"
+                " | rest: kernel + event loop |", "|---|---|---|---|---|"]
+        for variant, rows in chain.items():
+            for name, row in rows.items():
+                under = cpu.get(name.removeprefix("q-").removesuffix(".txt")) if variant == "production" else None
+                rest = None if under is None else under - row["us_per_query"]
+                out.append(f"| {variant} | {name} | {row['us_per_query']:.1f} | {_fmt(under, '.1f')}"
+                           f" | {_fmt(rest, '.1f')} |")
+        for variant, rows in chain.items():
+            first = next(iter(rows.values()))
+            out += ["", f"cProfile of that path, {variant} chain, cluster names (shares of profiled time):", "",
+                    "| function | calls/query | self % | total % |", "|---|---|---|---|"]
+            out += [f"| `{r['function']}` | {r['calls_per_query']:.1f} | {r['self_pct']:.1f} | {r['total_pct']:.1f} |"
+                    for r in first["profile"]]
         out.append("")
     if prof.get("top_self"):
         out += ["Profile of clusterdns under the cluster load (py-spy, share of samples):", "",

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -402,8 +402,8 @@ def markdown(result: dict[str, Any], modes: list[ModeResult]) -> str:
     load = [m for m in modes if m.name != "lowload"]
     if load:
         out += ["| mode | vs | clusterdns qps | vs qps | qps ratio, median (rounds) | µs/query clusterdns | µs/query vs"
-                " | CPU ratio | avg ms clusterdns | avg ms vs | lost | RSS MB clusterdns / vs | others max % |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                " | CPU ratio | qps per free core, est. | avg ms clusterdns | avg ms vs | lost | RSS MB clusterdns / vs"
+                " | others max % |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for m in load:
             b = m.baseline
             lost = sum(r.lost for r in m.rounds)
@@ -411,6 +411,8 @@ def markdown(result: dict[str, Any], modes: list[ModeResult]) -> str:
                 f"| {m.name} | {b} | {_fmt(m.median('clusterdns', 'qps'), ',.0f')} | {_fmt(m.median(b, 'qps'), ',.0f')}"
                 f" | {_ratio(m.qps_ratios)} | {_fmt(m.median('clusterdns', 'cpu_us_per_query'), '.1f')}"
                 f" | {_fmt(m.median(b, 'cpu_us_per_query'), '.1f')} | {_fmt(_med(m.cpu_ratios), '.2f')}"
+                f" | {_per_core(m.median('clusterdns', 'cpu_us_per_query'))}"
+                f" / {_per_core(m.median(b, 'cpu_us_per_query'))}"
                 f" | {_fmt(m.median('clusterdns', 'avg_latency_ms'), '.3f')}"
                 f" | {_fmt(m.median(b, 'avg_latency_ms'), '.3f')}"
                 f" | {lost} | {_fmt(m.median('clusterdns', 'rss_mb'), '.0f')} / {_fmt(m.median(b, 'rss_mb'), '.0f')}"
@@ -477,6 +479,12 @@ def markdown(result: dict[str, Any], modes: list[ModeResult]) -> str:
     return "\n".join(out)
 
 
+def _per_core(us_per_query: float | None) -> str:
+    """1e6 / CPU µs per query: the qps one core would give the server alone (kernel work on the
+    client's side and softirq time not charged to the server are not in it)."""
+    return "–" if not us_per_query else f"{1e6 / us_per_query / 1000:.0f}k"
+
+
 def _med(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -531,6 +539,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(default -10 as root, else 0)")
     p.add_argument("--max-seconds", type=float, default=900, help="hard time budget; later rounds are skipped")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--report", type=Path, metavar="JSON", help="print the tables of an earlier result and exit")
     p.add_argument("--results", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]
@@ -547,9 +556,24 @@ def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop every process
 
 
+def load_result(path: Path) -> tuple[dict[str, Any], list[ModeResult]]:
+    """A result JSON written by this module, with its modes as ModeResult again."""
+    result = json.loads(path.read_text())
+    names = {f.name for f in fields(ModeResult)}
+    modes = []
+    for m in result["modes"].values():
+        res = ModeResult(**{k: v for k, v in m.items() if k in names})
+        res.rounds = [Round(**r) for r in m["rounds"]]
+        modes.append(res)
+    return result, modes
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.report is not None:
+        print(markdown(*load_result(args.report)))
+        return 0
     inside = os.environ.get(NETNS_ENV) == "1"
     if not inside:
         ensure_tools(args.install)

@@ -7,10 +7,12 @@ Not a performance assertion: nothing here depends on how fast anything is.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,7 @@ from bench.measure import (
     percentile,
     rss_kib,
 )
-from bench.run import Mode, ModeResult, Round, check_answers, markdown, parse_args
+from bench.run import Mode, ModeResult, Round, check_answers, load_result, markdown, parse_args
 from bench.scale import coredns_mb
 from bench.scale import run as scale_run
 from clusterdns.corefile import parse_file
@@ -329,7 +331,18 @@ def test_report_and_answer_check() -> None:
     text = markdown(result, [res])
     assert "| cluster | dnsmasq | 60,000 | 120,000 | **0.50** (0.50) |" in text
     assert "clusterdns lacked: forward" in text and "SERVFAIL" in text
+    assert "| 100k / 100k |" in text  # 10 µs per query: 100k qps per free core
     assert Mode("x", "cluster", ()).baseline == "dnsmasq"
+
+
+def test_result_json_reads_back(tmp_path: Path) -> None:
+    res = ModeResult("lowload", "dnsmasq", 5, p50_ratios=[1.5], p99_ratios=[1.2])
+    res.rounds = [_round(1, "clusterdns", 1000, {"NOERROR": 10}), _round(1, "dnsmasq", 1000, {"NOERROR": 10})]
+    res.rounds[0].p50_ms, res.rounds[0].p99_ms = 0.09, 0.4
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"modes": {"lowload": {**asdict(res), "median_p50_ratio": 1.5}}}))
+    _, modes = load_result(path)
+    assert modes == [res]
 
 
 def test_parse_args() -> None:

@@ -18,7 +18,9 @@ from clusterdns.wire import AA, QNAME_PTR, QR, T_A, T_AAAA, T_ANY, T_CNAME, T_SO
 _FLAGS = QR | AA
 _COPY = 0x0110  # RD | CD
 _H = struct.Struct(">HHHHHH")
-MAX_PREPARED_PER_NAME = 16  # bounds memory when clients ask odd types of one name
+MAX_PREPARED_PER_NAME = 16
+RRs = tuple[tuple[int, object], ...]
+Contrib = tuple[str, RRs] | dict[str, RRs]  # bounds memory when clients ask odd types of one name
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +53,10 @@ class Index:
         self.ttl = ttl
         self.serial = int(time.time())
         self.prepared: dict[str, dict[int, Prepared]] = {}
-        self._records: dict[str, dict[str, list[tuple[int, object]]]] = {}
-        self._owned: dict[str, Records] = {}
+        # name -> (owner, records) when one owner contributes (nearly always), else {owner: records};
+        # the compact form keeps a large cluster's index small
+        self._records: dict[str, Contrib] = {}
+        self._owned: dict[str, tuple[str, ...]] = {}  # owner -> its names
         self._ents: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -64,34 +68,60 @@ class Index:
     def in_zones(self, name: str) -> bool:
         return any(name == z or name.endswith("." + z) or z == "." for z in self.zones)
 
+    def _of(self, name: str, owner: str) -> RRs | None:
+        c = self._records.get(name)
+        if c is None:
+            return None
+        if isinstance(c, tuple):
+            return c[1] if c[0] == owner else None
+        return c.get(owner)
+
+    def _put(self, name: str, owner: str, rrs: RRs) -> None:
+        c = self._records.get(name)
+        if c is None:
+            self._records[name] = (owner, rrs)
+            self._ancestors(name, +1)
+        elif isinstance(c, tuple):
+            self._records[name] = (owner, rrs) if c[0] == owner else {c[0]: c[1], owner: rrs}
+        else:
+            c[owner] = rrs
+
+    def _drop(self, name: str, owner: str) -> None:
+        c = self._records[name]
+        if isinstance(c, dict):
+            del c[owner]
+            if len(c) > 1:
+                return
+            if c:
+                self._records[name] = next(iter(c.items()))
+                return
+        del self._records[name]
+        self._ancestors(name, -1)
+
     def set(self, owner: str, records: Records) -> bool:
         """Replace what ``owner`` contributes (names outside our zones are left out, e.g. PTRs
         when no reverse zone is served); returns True when anything changed."""
-        records = {n: r for n, r in records.items() if self.in_zones(n)}
-        old = self._owned.get(owner, {})
-        if old == records:
-            return False
-        for name in old.keys() - records.keys():
-            contrib = self._records[name]
-            del contrib[owner]
-            if not contrib:
-                del self._records[name]
-                self._ancestors(name, -1)
-            self.prepared.pop(name, None)
-        for name, rrs in records.items():
-            if old.get(name) == rrs:
+        fresh = {n: tuple(r) for n, r in records.items() if self.in_zones(n)}
+        old = self._owned.get(owner, ())
+        changed = False
+        for name in old:
+            if name not in fresh:
+                self._drop(name, owner)
+                self.prepared.pop(name, None)
+                changed = True
+        for name, rrs in fresh.items():
+            if self._of(name, owner) == rrs and name in old:
                 continue
-            contrib = self._records.setdefault(name, {})
-            if not contrib:
-                self._ancestors(name, +1)
-            contrib[owner] = rrs
+            self._put(name, owner, rrs)
             self.prepared.pop(name, None)
-        if records:
-            self._owned[owner] = records
+            changed = True
+        if fresh:
+            self._owned[owner] = tuple(fresh)
         else:
             self._owned.pop(owner, None)
-        self.serial = int(time.time())
-        return True
+        if changed:
+            self.serial = int(time.time())
+        return changed
 
     def _ancestors(self, name: str, delta: int) -> None:
         """Keep the empty non-terminals above ``name`` (up to its zone apex) counted."""
@@ -112,16 +142,16 @@ class Index:
     def exists(self, name: str) -> bool:
         return name in self._records or name in self._ents
 
-    def records(self, name: str) -> list[tuple[int, object]]:
-        contrib = self._records.get(name)
-        if not contrib:
-            return []
-        if len(contrib) == 1:
-            return next(iter(contrib.values()))
+    def records(self, name: str) -> RRs:
+        c = self._records.get(name)
+        if c is None:
+            return ()
+        if isinstance(c, tuple):
+            return c[1]
         merged: list[tuple[int, object]] = []
-        for rrs in contrib.values():
+        for rrs in c.values():
             merged.extend(r for r in rrs if r not in merged)
-        return merged
+        return tuple(merged)
 
     def answer(self, name: str, qtype: int) -> Prepared | None:
         """The answer for (name, qtype), prepared and cached; None when the name does not exist."""

@@ -83,15 +83,16 @@ def service_records(svc: Service, slices: Iterable[EndpointSlice], opts: Options
         return recs  # no ready endpoint: the name does not exist (NXDOMAIN)
     if not svc.headless and opts.ignore_empty_service and not ready:
         return recs
-    primary = f"{svc.name}.{svc.namespace}.svc.{opts.zones[0]}" if opts.zones else ""
-    for zone in opts.zones:
+    labels = [endpoint_label(ep, addr, opts) for ep, addr, _sl in ready]
+    for zi, zone in enumerate(opts.zones):
         base = f"{svc.name}.{svc.namespace}.svc.{zone}"
+        # one string per endpoint name, shared by its A record, SRV targets and PTR target
+        targets = [f"{label}.{base}" for label in labels]
         srv_all: list[tuple[int, str]] = []
         srv_named: dict[str, list[tuple[int, str]]] = {}
         if svc.headless:
-            for ep, addr, sl in ready:
+            for (_ep, addr, sl), target in zip(ready, targets, strict=True):
                 _add(recs, base, addr_type(addr), addr)
-                target = f"{endpoint_label(ep, addr, opts)}.{base}"
                 for p in sl.ports:
                     srv_all.append((p.port, target))
                     if p.name:
@@ -106,13 +107,13 @@ def service_records(svc: Service, slices: Iterable[EndpointSlice], opts: Options
         _srv(recs, base, srv_all)
         for name, entries in srv_named.items():
             _srv(recs, name, entries)
-        for ep, addr, _sl in ready:
-            _add(recs, f"{endpoint_label(ep, addr, opts)}.{base}", addr_type(addr), addr)
-    if primary:
-        for ip in svc.cluster_ips:
-            _add(recs, reverse_name(ip), T_PTR, primary)
-        for ep, addr, _sl in ready:
-            _add(recs, reverse_name(addr), T_PTR, f"{endpoint_label(ep, addr, opts)}.{primary}")
+        for (_ep, addr, _sl), target in zip(ready, targets, strict=True):
+            _add(recs, target, addr_type(addr), addr)
+        if zi == 0:  # PTRs point into the primary zone
+            for ip in svc.cluster_ips:
+                _add(recs, reverse_name(ip), T_PTR, base)
+            for (_ep, addr, _sl), target in zip(ready, targets, strict=True):
+                _add(recs, reverse_name(addr), T_PTR, target)
     return recs
 
 

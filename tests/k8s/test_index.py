@@ -42,7 +42,7 @@ def test_two_owners_of_one_name_merge() -> None:
     idx.set("svc/b", {"1.0.0.10.in-addr.arpa.": [(12, "b.ns.svc.cluster.local.")]})
     assert len(idx.records("1.0.0.10.in-addr.arpa.")) == 2
     idx.set("svc/a", {})
-    assert idx.records("1.0.0.10.in-addr.arpa.") == [(12, "b.ns.svc.cluster.local.")]
+    assert idx.records("1.0.0.10.in-addr.arpa.") == ((12, "b.ns.svc.cluster.local."),)
 
 
 def test_prepared_answer_is_invalidated_on_change() -> None:
@@ -114,7 +114,7 @@ def test_endpoint_slice_change_rederives_its_service_only() -> None:
         "endpoints": [{"addresses": ["10.9.0.1"]}],
     }
     store.upsert(from_dict(slice_))
-    assert idx.records("h.n.svc.cluster.local.") == [(T_A, "10.9.0.1")]
+    assert idx.records("h.n.svc.cluster.local.") == ((T_A, "10.9.0.1"),)
     assert "other.n.svc.cluster.local." in idx.prepared  # untouched
     slice_["endpoints"] = [{"addresses": ["10.9.0.1"], "conditions": {"ready": False}}]
     store.upsert(from_dict(slice_))

@@ -141,6 +141,9 @@ class Cache:
         self.cfg = cfg
         self.clock = clock
         self.every_zone = "." in cfg.zones
+        # Zones where nothing may be cached (kubeadm's `disable success|denial cluster.local`):
+        # their queries go straight on, counted as requests and misses, with no lookup or scan.
+        self.bypass = [z for z in cfg.no_success if _under(z, cfg.no_denial)]
         zones = ",".join(cfg.zones)
         self._lbl = (server, zones, "")
         self._lbl_type = {k: (server, k, zones, "") for k in ("success", "denial")}
@@ -186,8 +189,11 @@ class Cache:
     async def serve(self, req: Request, call_next: Next) -> Response:
         if req.qtype in (T_AXFR, T_IXFR) or not (self.every_zone or _under(req.qname, self.cfg.zones)):
             return await call_next(req)
-        key = (req.qname, req.qtype, req.qclass, req.do, bool(req.flags & CD))
         self._requests[self._lbl] += 1
+        if self.bypass and _under(req.qname, self.bypass):
+            self._misses[self._lbl] += 1
+            return await call_next(req)
+        key = (req.qname, req.qtype, req.qclass, req.do, bool(req.flags & CD))
         try:
             entry = self.success[key]
         except KeyError:

@@ -332,6 +332,18 @@ def test_disable_success_and_denial_per_zone() -> None:
     assert negative.calls == 3
 
 
+def test_zone_disabled_for_both_kinds_is_passed_through_without_lookup() -> None:
+    cache, _ = make_cache("cache 30 {\n disable success cluster.local\n disable denial cluster.local\n}")
+    positive = Downstream(lambda r: answer(r, an=(f"{r.qname} 5 IN A 10.0.0.1",)))
+    for _ in range(3):
+        assert serve(cache, positive, query("svc.ns.svc.cluster.local.")).answer
+    assert positive.calls == 3 and len(cache.success) == 0 and len(cache.denial) == 0
+    assert metric(cache, "coredns_cache_requests_total") == 3 and metric(cache, "coredns_cache_misses_total") == 3
+    serve(cache, positive, query("www.example.org."))
+    serve(cache, positive, query("www.example.org."))
+    assert positive.calls == 4  # other zones are still cached
+
+
 # --- capacity ----------------------------------------------------------------------------------------
 
 def test_capacity_evicts_least_recently_used() -> None:

@@ -104,8 +104,9 @@ def corefile(port: int, objects: Path, available: list[str], origin: int | None)
                 lines += ["    kubernetes cluster.local in-addr.arpa ip6.arpa {", f"        objects {objects}",
                           "        pods insecure", "        fallthrough in-addr.arpa ip6.arpa", f"        ttl {TTL}",
                           "    }"]
-            case "cache":
-                lines.append("    cache 30")
+            case "cache":  # as Corefile.example and kubeadm: cluster names are never cached
+                lines += ["    cache 30 {", "        disable success cluster.local",
+                          "        disable denial cluster.local", "    }"]
             case "forward":
                 if origin is not None:
                     lines.append(f"    forward . 127.0.0.1:{origin}")

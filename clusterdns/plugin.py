@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -84,7 +84,7 @@ class Response:
     has_opt: bool = False  # the wire already carries an OPT record (e.g. from an upstream)
 
 
-Next = Callable[[Request], Awaitable[Response]]
+Next = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 @runtime_checkable
@@ -172,7 +172,7 @@ def build_chain(plugins: list[Plugin], end: Next) -> Next:
 def _link(plugin: Plugin, nxt: Next) -> Next:
     serve = plugin.serve
 
-    def call(req: Request) -> Awaitable[Response]:
+    def call(req: Request) -> Coroutine[Any, Any, Response]:
         return serve(req, nxt)
 
     return call

@@ -272,16 +272,8 @@ class App:
     def stop_accepting(self) -> None:
         """Read no more queries and accept no more connections, but keep every socket open so the
         answers to queries in flight can still be sent; ``close_listeners`` closes them."""
-        loop = asyncio.get_running_loop()
         for listener in self.listeners:
-            if isinstance(listener, UdpListener):
-                loop.remove_reader(listener.sock.fileno())
-                continue
-            if listener.server is not None:
-                listener.server.close()
-            for conn in listener.connections:
-                if conn.transport is not None:
-                    conn.transport.pause_reading()
+            listener.pause()
 
     def close_listeners(self) -> None:
         for listener in self.listeners:

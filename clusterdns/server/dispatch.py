@@ -52,22 +52,26 @@ class Dispatcher:
                 return route
         return None
 
-    def handle(self, data: bytes, proto: str, client: Any, send: Send) -> None:
-        """Answer one raw query, now or (if the chain suspends) later, through ``send``."""
+    def handle(self, data: bytes, proto: str, client: Any, send: Send) -> bool:
+        """Answer one raw query, now or (if the chain suspends) later, through ``send``.
+
+        Returns False when the packet is dropped unanswered (too short, or itself a response)."""
         start = perf_counter()
         try:
             req = parse_query(data, proto, client)
         except WireError as e:
-            if e.rcode is not None:
-                send(error_reply(e.req, data, e.rcode), client)
-            return
+            if e.rcode is None:
+                return False
+            send(error_reply(e.req, data, e.rcode), client)
+            return True
         hit = self.route(req.qname) if req.qclass == C_IN else None
         if hit is None:  # another class, or no block serves the name: refused before any plugin
             req.zone = "dropped"
             self._finish(req, Response(reply(req, REFUSED), REFUSED), send, self.dropped, start)
-            return
+            return True
         req.zone, chain, req.server, meter = hit
         self._step(chain(req), req, send, meter, start, True)
+        return True
 
     def run(self, req: Request, chain: Next, send: Send) -> None:
         """Run the chain; most queries finish in the first step, without any Task."""

@@ -68,7 +68,8 @@ class TcpConnection(asyncio.Protocol):
             del buf[: 2 + size]
             self._arm()
             self.inflight += 1
-            self.server.dispatcher.handle(msg, "tcp", self.peer, self._send)
+            if not self.server.dispatcher.handle(msg, "tcp", self.peer, self._send):
+                self.inflight -= 1  # dropped unanswered: nothing will come back for it
         if self.inflight >= MAX_INFLIGHT and self.transport is not None and not self.paused:
             self.paused = True
             self.transport.pause_reading()
@@ -100,6 +101,14 @@ class TcpListener:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: TcpConnection(self), sock=self.sock)
+
+    def pause(self) -> None:
+        """Accept no more connections and read no more queries; answers in flight still go out."""
+        if self.server is not None:
+            self.server.close()
+        for conn in self.connections:
+            if conn.transport is not None:
+                conn.transport.pause_reading()
 
     def close(self) -> None:
         if self.server is not None:

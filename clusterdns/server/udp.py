@@ -32,9 +32,14 @@ class UdpListener:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
-    def close(self) -> None:
+    def pause(self) -> None:
+        """Read no more queries; the socket stays open for answers still in flight."""
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+
+    def close(self) -> None:
+        self.pause()
         self.sock.close()
 
     def _readable(self) -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -167,8 +168,20 @@ def test_random_packets_never_stop_the_server(objects_server: Server) -> None:
             s.sendto(data, ("127.0.0.1", objects_server.port))
     with socket.create_connection(("127.0.0.1", objects_server.port), timeout=5) as t:
         t.sendall(b"\x00\x05hello\x00\x00" + bytes(range(40)))  # junk over TCP too
-    assert answers(objects_server.query("alpha.default.svc.cluster.local.")) == {"10.0.0.10"}
+    assert _answered_within(objects_server, "alpha.default.svc.cluster.local.", tries=3) == {"10.0.0.10"}
     assert objects_server.proc.poll() is None
+
+
+def _answered_within(server: Server, name: str, tries: int) -> set[str]:
+    """Ask over UDP up to ``tries`` times: a datagram may be lost on a loaded machine, the server
+    must not be."""
+    for attempt in range(tries):
+        try:
+            return answers(server.query(name, timeout=2.0))
+        except dns.exception.Timeout:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import dns.flags
 import dns.message
@@ -69,7 +69,7 @@ class Fake:
             await asyncio.sleep(timeout)
             raise UpstreamError(f"read udp 127.0.0.1:40000->{self.label}: i/o timeout")
         r = dns.message.make_response(q)
-        r.set_rcode(self.rcode)
+        r.set_rcode(dns.rcode.Rcode(self.rcode))
         if proto == "udp" and self.tc_over_udp:
             r.flags |= dns.flags.TC
         else:
@@ -206,9 +206,9 @@ def test_resolv_conf_relative_to_the_corefile(tmp_path: Path) -> None:
 def test_a_second_forward_enables_next(tmp_path: Path) -> None:
     s = site(tmp_path)
     blocks = parse(". {\n forward example.org 10.0.0.1 {\n next NXDOMAIN\n }\n forward . 10.0.0.2\n}\n", "Corefile")
-    first = fw.setup(blocks[0].directives[0], s)
+    first = cast(Forward, fw.setup(blocks[0].directives[0], s))
     s.plugins["forward"] = first
-    second = fw.setup(blocks[0].directives[1], s)
+    second = cast(Forward, fw.setup(blocks[0].directives[1], s))
     assert first.next_forward and not second.next_forward
     assert len(s.on_shutdown) == 2
 

@@ -39,7 +39,7 @@ async def passed(req: Request) -> Response:
 def test_setup_probes_the_first_zone_at_our_own_address(zones: list[str], binds: list[str], zone: str,
                                                         target: tuple[str, int]) -> None:
     site = SiteConfig(zones=zones, port=1053, corefile="Corefile", binds=binds)
-    plugin = lp.setup(directive("loop"), site)
+    plugin = cast(Loop, lp.setup(directive("loop"), site))
     assert (plugin.zone, plugin.target) == (zone, target)
     suffix = "" if zone == "." else zone
     assert re.fullmatch(r"\d+\.\d+\." + re.escape(suffix), plugin.qname)

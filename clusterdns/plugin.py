@@ -117,6 +117,7 @@ class SiteConfig:
     corefile: str  # path of the Corefile (relative plugin paths are taken from its directory)
     binds: list[str] = field(default_factory=list)  # set by `bind`; empty = every address
     on_startup: list[Hook] = field(default_factory=list)
+    on_listening: list[Hook] = field(default_factory=list)  # once the listeners serve this configuration
     on_shutdown: list[Hook] = field(default_factory=list)
     plugins: dict[str, object] = field(default_factory=dict)  # name -> configured instance
     lookup: Next | None = None  # the server's whole dispatch, for plugins that resolve names

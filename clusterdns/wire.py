@@ -96,7 +96,8 @@ def parse_query(data: bytes, proto: str, client: tuple[str, int]) -> Request:
     qtype, qclass = _TC.unpack_from(data, off + 1)
     qend = off + 5
     qname = _qname_text(data, 12, stops, off + 1)
-    family = 2 if ":" in client[0] else 1
+    host = client[0]
+    family = 2 if ":" in host and not host.startswith("::ffff:") else 1  # IPv4-mapped counts as IPv4
     req = Request(data, qid, flags, qname, qtype, qclass, qend, False, 512, False, proto, client, family)
     if opcode != 0:
         raise WireError(NOTIMP, f"opcode {opcode}", req)

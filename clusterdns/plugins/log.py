@@ -41,6 +41,13 @@ def question_name(req: Request) -> str:
     return ".".join(labels) + "."
 
 
+def _remote(host: str) -> str:
+    """The client as CoreDNS prints it: IPv4-mapped IPv6 as plain IPv4, IPv6 in brackets."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return f"[{host}]" if ":" in host else host
+
+
 def response_class(resp: Response) -> str:
     if resp.rcode == NXDOMAIN or (resp.rcode == NOERROR and resp.wire[6:8] == b"\x00\x00"):
         return "denial"
@@ -69,7 +76,7 @@ class Log:
         flags = resp.wire[2] << 8 | resp.wire[3]
         rsize = len(resp.wire) + (11 if req.edns and not resp.has_opt else 0)
         values = {
-            "{remote}": f"[{req.client[0]}]" if ":" in str(req.client[0]) else str(req.client[0]),
+            "{remote}": _remote(str(req.client[0])),
             "{port}": str(req.client[1]),
             "{>id}": str(req.id),
             "{type}": TYPE_NAMES.get(req.qtype, f"TYPE{req.qtype}"),

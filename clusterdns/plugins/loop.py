@@ -73,8 +73,8 @@ class Loop:
         return header + encode_name(self.qname) + T_HINFO.to_bytes(2, "big") + b"\x00\x01"
 
     async def start(self) -> None:
-        # The listeners are bound after the start-up hooks (App.start): probe from a Task, which
-        # first runs when App.start yields, and retries while nothing answers yet.
+        # Runs once this configuration's listeners answer (on_listening); the probe is a Task so
+        # start-up does not wait for it, and it retries while nothing answers yet.
         self._task = asyncio.get_running_loop().create_task(self._probe())
 
     async def _probe(self) -> None:
@@ -114,6 +114,6 @@ def setup(d: Directive, site: SiteConfig) -> Loop:
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
     lp = Loop(site.zones[0] if site.zones else ".", (host, site.port))
-    site.on_startup.append(lp.start)
+    site.on_listening.append(lp.start)
     site.on_shutdown.append(lp.stop)
     return lp

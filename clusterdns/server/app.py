@@ -122,7 +122,7 @@ class App:
             for d in block.directives:
                 if d.name not in registry or d.name not in rank:
                     raise CorefileError(f"unknown directive '{d.name}'", d.file, d.line)
-                if d.name in seen:
+                if d.name in seen and d.name != "forward":  # several forwards are tried in Corefile order
                     raise d.error("this plugin can only be used once per server block")
                 seen.add(d.name)
             chain_plugins: list[Plugin] = []
@@ -210,6 +210,13 @@ class App:
         for key, disp in self.dispatchers.items():
             self._bound[key] = await _listen(key, disp)
         self.publish()
+        await self.run_listening()
+
+    async def run_listening(self) -> None:
+        """Hooks that need this configuration to be answering (the loop plugin's probe)."""
+        for s in self.sites:
+            for hook in s.config.on_listening:
+                await hook()
 
     async def run_startup(self) -> None:
         self._started = True
@@ -241,6 +248,7 @@ class App:
         old.stop_accepting()  # the addresses this configuration no longer serves
         self.process.http.serve(self.routes)
         self.publish()
+        await self.run_listening()
 
     async def retire(self) -> None:
         """After a successful take-over: let the old chains finish their queries, then stop them."""

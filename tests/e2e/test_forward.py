@@ -362,3 +362,17 @@ def test_no_loop_probes_once_and_keeps_serving(start_server: StartServer, upstre
     assert srv.proc.poll() is None and ip(srv) == "10.0.0.1"
     probes = [ln for ln in upstream.lines if "query[HINFO]" in ln]
     assert len(probes) == 1 and re.search(r"query\[HINFO\] \d+\.\d+ from 127\.0\.0\.1", probes[0]), probes
+
+
+def test_several_forwards_in_one_block_split_by_zone(start_server: StartServer) -> None:
+    inner, outer = dnsmasq({"db.corp.example": ["10.9.0.1"]}), dnsmasq({"www.example": ["10.0.0.1"]})
+    try:
+        srv = start_server(
+            ".:{port} {\n  bind 127.0.0.1\n  errors\n"
+            f"  forward corp.example 127.0.0.1:{inner.port}\n  forward . 127.0.0.1:{outer.port}\n}}\n")
+        assert answers(srv.query("db.corp.example.")) == {"10.9.0.1"}
+        assert answers(srv.query("www.example.")) == {"10.0.0.1"}
+        assert inner.queries("www.example") == 0 and outer.queries("db.corp.example") == 0
+    finally:
+        inner.stop()
+        outer.stop()

@@ -43,7 +43,7 @@ def test_setup_probes_the_first_zone_at_our_own_address(zones: list[str], binds:
     assert (plugin.zone, plugin.target) == (zone, target)
     suffix = "" if zone == "." else zone
     assert re.fullmatch(r"\d+\.\d+\." + re.escape(suffix), plugin.qname)
-    assert site.on_startup == [plugin.start] and site.on_shutdown == [plugin.stop]
+    assert site.on_listening == [plugin.start] and site.on_shutdown == [plugin.stop]
 
 
 @pytest.mark.parametrize("text", ["loop now", "loop {\n  max 3\n}"])

@@ -20,7 +20,7 @@ from clusterdns.corefile import Directive
 from clusterdns.duration import parse_duration
 from clusterdns.metrics import HEALTH_DURATION, HEALTH_FAILURES, REGISTRY
 from clusterdns.plugin import SiteConfig, register
-from clusterdns.server.http import Address, Reply, parse_address
+from clusterdns.server.http import Address, Reply, address_arg
 
 log = logging.getLogger("clusterdns.health")
 
@@ -83,13 +83,8 @@ class Health:
 
 @register("health")
 def setup(d: Directive, site: SiteConfig) -> None:
-    if len(d.args) > 1:
-        raise d.arg_error()
+    address = address_arg(d, DEFAULT_ADDRESS)
     text = d.args[0] if d.args else DEFAULT_ADDRESS
-    try:
-        address = parse_address(text)
-    except ValueError as e:
-        raise d.error(str(e)) from None
     lameduck = 0.0
     for opt in d.options():
         match opt.name:

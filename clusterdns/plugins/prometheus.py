@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from clusterdns.corefile import Directive
 from clusterdns.metrics import exposition
 from clusterdns.plugin import SiteConfig, register
-from clusterdns.server.http import Address, Reply, parse_address
+from clusterdns.server.http import Address, Reply, address_arg
 
 DEFAULT_ADDRESS = "localhost:9153"
 
@@ -38,12 +38,7 @@ class Prometheus:
 
 @register("prometheus")
 def setup(d: Directive, site: SiteConfig) -> Prometheus:
-    if len(d.args) > 1:
-        raise d.arg_error()
-    try:
-        address = parse_address(d.args[0] if d.args else DEFAULT_ADDRESS)
-    except ValueError as e:
-        raise d.error(str(e)) from None
+    address = address_arg(d, DEFAULT_ADDRESS)
     for opt in d.options():
         match opt.name:
             case _:

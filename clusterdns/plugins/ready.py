@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from clusterdns.corefile import Directive
 from clusterdns.plugin import SiteConfig, register
-from clusterdns.server.http import Reply, parse_address
+from clusterdns.server.http import Reply, address_arg
 
 log = logging.getLogger("clusterdns.ready")
 
@@ -74,12 +74,7 @@ class Ready:
 
 @register("ready")
 def setup(d: Directive, site: SiteConfig) -> None:
-    if len(d.args) > 1:
-        raise d.arg_error()
-    try:
-        address = parse_address(d.args[0] if d.args else DEFAULT_ADDRESS)
-    except ValueError as e:
-        raise d.error(str(e)) from None
+    address = address_arg(d, DEFAULT_ADDRESS)
     continuously = False
     for opt in d.options():
         match opt.name:

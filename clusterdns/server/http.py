@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from clusterdns.corefile import Directive
 from clusterdns.server.sockets import StartError, bind_socket
 
 log = logging.getLogger("clusterdns.http")
@@ -57,6 +58,16 @@ def parse_address(text: str) -> Address:
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"address {text}: invalid port {port!r}")
     return host, int(port)
+
+
+def address_arg(d: Directive, default: str) -> Address:
+    """The optional ADDRESS argument of health, ready and prometheus; errors name file:line."""
+    if len(d.args) > 1:
+        raise d.arg_error()
+    try:
+        return parse_address(d.args[0] if d.args else default)
+    except ValueError as e:
+        raise d.error(str(e)) from None
 
 
 def bind_host(host: str) -> str:

@@ -34,6 +34,7 @@ TYPE_NAMES = {
 
 _H = struct.Struct(">HHHHHH")
 _TC = struct.Struct(">HH")
+_IDF = struct.Struct(">HH")
 _RR = struct.Struct(">HHIH")
 
 
@@ -67,13 +68,36 @@ def _qname_text(data: bytes, start: int, stops: list[int], end: int) -> str:
     return raw.decode("latin-1").lower()
 
 
+# Parsed queries by everything after the ID and flags (counts, question, EDNS): clients ask the
+# same few names over and over, so most queries skip the label walk. Bounded: cleared when full.
+_MEMO: dict[bytes, tuple[str, int, int, int, bool, int, bool]] = {}
+MEMO_SIZE = 4096
+
+
 def parse_query(data: bytes, proto: str, client: tuple[str, int]) -> Request:
     """Read header, question and EDNS of a query. Raises WireError for anything unservable."""
     if len(data) < 12:
         raise WireError(None, "short packet")
-    qid, flags, qd, an, ns, ar = _H.unpack_from(data)
+    qid, flags = _IDF.unpack_from(data)
     if flags & QR:
         raise WireError(None, "response received as query")
+    host = client[0]
+    family = 2 if ":" in host and not host.startswith("::ffff:") else 1  # IPv4-mapped counts as IPv4
+    if not flags & OPCODE_MASK:
+        hit = _MEMO.get(data[4:])
+        if hit is not None:
+            qname, qtype, qclass, qend, edns, udp_size, do = hit
+            return Request(data, qid, flags, qname, qtype, qclass, qend, edns, udp_size, do, proto, client, family)
+    req = _parse(data, qid, flags, proto, client, family)
+    if len(data) <= 512:  # bounds the memo's memory: 4096 keys of at most 508 bytes
+        if len(_MEMO) >= MEMO_SIZE:
+            _MEMO.clear()
+        _MEMO[data[4:]] = (req.qname, req.qtype, req.qclass, req.qend, req.edns, req.udp_size, req.do)
+    return req
+
+
+def _parse(data: bytes, qid: int, flags: int, proto: str, client: tuple[str, int], family: int) -> Request:
+    _, _, qd, an, ns, ar = _H.unpack_from(data)
     opcode = (flags & OPCODE_MASK) >> 11
     if qd != 1:
         raise WireError(FORMERR if opcode == 0 else NOTIMP, f"QDCOUNT={qd}")
@@ -96,8 +120,6 @@ def parse_query(data: bytes, proto: str, client: tuple[str, int]) -> Request:
     qtype, qclass = _TC.unpack_from(data, off + 1)
     qend = off + 5
     qname = _qname_text(data, 12, stops, off + 1)
-    host = client[0]
-    family = 2 if ":" in host and not host.startswith("::ffff:") else 1  # IPv4-mapped counts as IPv4
     req = Request(data, qid, flags, qname, qtype, qclass, qend, False, 512, False, proto, client, family)
     if opcode != 0:
         raise WireError(NOTIMP, f"opcode {opcode}", req)

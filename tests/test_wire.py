@@ -124,3 +124,20 @@ def test_scan_and_min_ttl() -> None:
     spans = scan(wire)
     assert [s.rtype for s in spans] == [1, 1, T_OPT]
     assert min_ttl(wire, spans) == 60
+
+
+def test_a_repeated_question_is_read_from_the_memo_with_its_own_id_and_flags() -> None:
+    first = parse_query(q(edns=1232, do=True), "udp", CLIENT)
+    again = bytearray(q(edns=1232, do=True))
+    again[0:2] = b"\x99\x99"
+    again[2] &= 0xFE  # RD off
+    second = parse_query(bytes(again), "tcp", ("::1", 53))
+    assert (second.qname, second.qtype, second.qend, second.edns, second.udp_size, second.do) == (
+        first.qname, first.qtype, first.qend, first.edns, first.udp_size, first.do)
+    assert second.id == 0x9999 and not second.flags & 0x0100 and second.proto == "tcp" and second.family == 2
+    assert second.data is not first.data and second.question == first.question
+    notify = bytearray(again)
+    notify[2] |= 0x20  # opcode 4 (NOTIFY) must not be served from the memo
+    with pytest.raises(WireError) as e:
+        parse_query(bytes(notify), "udp", CLIENT)
+    assert e.value.rcode == NOTIMP

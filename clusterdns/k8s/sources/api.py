@@ -36,6 +36,9 @@ POD_PHASES = "status.phase!=Succeeded,status.phase!=Failed,status.phase!=Unknown
 IDLE_TIMEOUT_ENV = "CLUSTERDNS_WATCH_IDLE_TIMEOUT"
 DEFAULT_IDLE_TIMEOUT = 180.0  # well above the apiserver's ~1 min bookmark period
 CONNECT_TIMEOUT = 10.0
+# Reconnect backoff (base, cap): the cap bounds how stale DNS stays after the API comes back;
+# four watches per replica, jittered, are light enough for the apiserver at this pace.
+BACKOFF = (0.2, 10.0)
 READ_TIMEOUT = 60.0  # for list responses: no byte for this long means the connection is dead
 MAX_HEADER = 1 << 20
 MAX_BODY = 256 << 20
@@ -242,7 +245,7 @@ class ApiSource:
     """Lists then watches every resource DNS needs, each in its own reflector task."""
 
     def __init__(self, creds: Credentials, watched: list[Watch], idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 backoff: tuple[float, float] = (0.2, 30.0)) -> None:
+                 backoff: tuple[float, float] = BACKOFF) -> None:
         self.client = Client(creds)
         self.health = Health(creds.url)
         self.reflectors = [Reflector(self.client, w, self.health, idle_timeout, backoff) for w in watched]

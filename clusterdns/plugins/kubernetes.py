@@ -198,6 +198,10 @@ class Kubernetes:
         hook = getattr(getattr(app, "metrics", None), "observe_programming", None)
         self.store = Store(self.index, opts, filters, on_programmed=hook)
         self.forward_zones = forward
+        specials = ("dns-version.", "ns.dns.", "svc.", "pod.")
+        self._special_names = frozenset(cfg.zones) | frozenset(
+            f"{label}{'' if z == '.' else z}" for z in cfg.zones for label in specials
+        )
         self._soa_serial = -1
         self._soa: dict[str, bytes] = {}
         self._task: asyncio.Task[None] | None = None
@@ -299,6 +303,8 @@ class Kubernetes:
 
     def _special(self, qname: str, qtype: int, zone: str) -> Prepared | None:
         """The apex (SOA, NS), dns-version and ns.dns names, which no object owns."""
+        if qname not in self._special_names:  # one set lookup for every ordinary name
+            return None
         suffix = "" if zone == "." else zone
         if qname == zone:
             if qtype == T_SOA:

@@ -130,10 +130,6 @@ class Client:
         self.prefix = u.path.rstrip("/")
         self.ssl = (creds.ssl or ssl.create_default_context()) if u.scheme == "https" else None
 
-    @property
-    def url(self) -> str:
-        return self.creds.url
-
     async def get(self, path: str, timeout: float = READ_TIMEOUT) -> Response:
         """Send ``GET path`` and read the status line and headers."""
         sni = (self.creds.server_hostname or self.host) if self.ssl else None

@@ -24,6 +24,11 @@ Matcher = Callable[[Mapping[str, str]], bool]
 ProgrammingHook = Callable[[str, float], None]  # (service_kind, seconds)
 
 
+def _ns_key(ns: str) -> Key:
+    """The key of the Namespace object named ``ns`` (key_of: a Namespace lives in itself)."""
+    return ("Namespace", ns, ns)
+
+
 @dataclass
 class Filters:
     """Which objects are served: `namespaces`, `labels`, `namespace_labels`, and pods mode."""
@@ -122,7 +127,7 @@ class Store:
         if f.namespaces and obj.namespace not in f.namespaces:
             return False
         if f.namespace_labels is not None:
-            ns = self.objects.get(("Namespace", "", obj.namespace))
+            ns = self.objects.get(_ns_key(obj.namespace))
             if not isinstance(ns, Namespace) or not f.namespace_labels(dict(ns.labels)):
                 return False
         if f.labels is not None and not isinstance(obj, Namespace) and not f.labels(dict(obj.labels)):
@@ -150,12 +155,12 @@ class Store:
         """A namespace exists while a Namespace object or any object in it is loaded."""
         if not ns:
             return
-        exists = ns in self._ns_refs or ("Namespace", "", ns) in self.objects
+        exists = ns in self._ns_refs or _ns_key(ns) in self.objects
         f = self.filters
         if f.namespaces and ns not in f.namespaces:
             exists = False
         if exists and f.namespace_labels is not None:
-            obj = self.objects.get(("Namespace", "", ns))
+            obj = self.objects.get(_ns_key(ns))
             exists = isinstance(obj, Namespace) and f.namespace_labels(dict(obj.labels))
         self.index.set(f"ns/{ns}", records.namespace_records(ns, self.opts) if exists else {})
 

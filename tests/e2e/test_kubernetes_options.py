@@ -124,3 +124,15 @@ def test_reverse_zone_not_served_without_it(start_server: StartServer) -> None:
 def test_upstream_option_is_accepted_with_a_warning(start_server: StartServer) -> None:
     srv = serve(start_server, "    upstream")
     assert "upstream is deprecated" in srv.wait_for_line("upstream")
+
+
+def test_namespace_labels_option(start_server: StartServer) -> None:
+    objects = OBJECTS + (
+        "  - kind: Namespace\n    metadata: {name: team-a, labels: {exposed: 'yes'}}\n"
+        "  - kind: Namespace\n    metadata: {name: team-b}\n"
+    )
+    corefile = ".:{port} {\n  bind 127.0.0.1\n  kubernetes cluster.local {\n    objects o.yaml\n"
+    corefile += "    namespace_labels exposed=yes\n  }\n}\n"
+    srv = start_server(corefile, files={"o.yaml": objects})
+    assert answers(srv.query("web.team-a.svc.cluster.local.")) == {"10.0.1.1"}
+    assert rcode(srv, "db.team-b.svc.cluster.local.") == dns.rcode.NXDOMAIN

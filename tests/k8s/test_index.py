@@ -125,3 +125,16 @@ def test_names_outside_the_zones_are_left_out() -> None:
     idx = Index([ZONE], 5)
     idx.set("svc/a", {"a.ns.svc.cluster.local.": [(T_A, "10.0.0.1")], "1.0.0.10.in-addr.arpa.": [(12, "a.")]})
     assert idx.exists("a.ns.svc.cluster.local.") and not idx.exists("1.0.0.10.in-addr.arpa.")
+
+
+def test_store_namespace_labels_serve_only_matching_namespaces() -> None:
+    idx = Index([ZONE], 5)
+    store = Store(idx, Options((ZONE,)), Filters(namespace_labels=selector("team=a")))
+    store.upsert(from_dict({"kind": "Namespace", "metadata": {"name": "ns-a", "labels": {"team": "a"}}}))
+    store.upsert(from_dict({"kind": "Namespace", "metadata": {"name": "ns-b", "labels": {"team": "b"}}}))
+    store.upsert(from_dict(_svc("s", "ns-a")))
+    store.upsert(from_dict(_svc("s", "ns-b")))
+    assert idx.exists("s.ns-a.svc.cluster.local.") and store.namespace_exists("ns-a")
+    assert not idx.exists("s.ns-b.svc.cluster.local.") and not store.namespace_exists("ns-b")
+    store.upsert(from_dict({"kind": "Namespace", "metadata": {"name": "ns-b", "labels": {"team": "a"}}}))
+    assert idx.exists("s.ns-b.svc.cluster.local.")  # a relabelled namespace brings its Services in

@@ -258,6 +258,9 @@ class FakeApiServer:
             loop.call_soon_threadsafe(w.dropped.set)
         runner = self._runner
         if runner is not None:
+            # A client that connected just now must be accepted before cleanup closes the
+            # connections; otherwise its socket outlives the loop (a ResourceWarning).
+            time.sleep(0.05)
             asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=15)
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join(15)

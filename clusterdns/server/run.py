@@ -13,6 +13,7 @@ configuration serving, logs the error with its file:line and counts coredns_relo
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -62,6 +63,7 @@ class Runner:
             self.process.http.close()
             raise
         self._running(self.app)
+        gc.freeze()  # start-up's objects (plugins, the index) need no more scans by the collector
         if not quiet:
             print(f"clusterdns-{__version__} ready: {self.app.describe()}", flush=True)
         while not self.stop.is_set():

@@ -327,3 +327,28 @@ def test_block_without_bind_listens_on_ipv4_and_ipv6(start_server: StartServer) 
     for host in ("127.0.0.1", "::1"):
         assert answers(dns.query.udp(q, host, port=srv.port, timeout=3)) == {"10.0.0.10"}
         assert answers(dns.query.tcp(q, host, port=srv.port, timeout=3)) == {"10.0.0.10"}
+
+
+def test_pidfile_written_and_removed(start_server: StartServer, tmp_path: Path) -> None:
+    pidfile = tmp_path / "clusterdns.pid"
+    srv = start_server(OBJECTS_COREFILE, files={"manifests/a.yaml": service("alpha", "10.0.0.10")},
+                       args=("-pidfile", str(pidfile)))
+    assert pidfile.read_text().strip() == str(srv.proc.pid)
+    assert srv.stop() == 0
+    assert not pidfile.exists()
+
+
+def test_quiet_prints_no_ready_line(start_server: StartServer) -> None:
+    srv = start_server(OBJECTS_COREFILE, files={"manifests/a.yaml": service("alpha", "10.0.0.10")},
+                       args=("-quiet",), ready=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if answers(srv.query("alpha.default.svc.cluster.local.", timeout=0.5)) == {"10.0.0.10"}:
+                break
+        except (dns.exception.Timeout, OSError):  # not listening yet
+            pass
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no answer")
+    assert not any("ready:" in line for line in srv.lines)

@@ -222,6 +222,16 @@ class FakeApiServer:
         def run() -> None:
             asyncio.set_event_loop(loop)
             loop.run_forever()
+            # A client reconnecting while we stop may have been accepted after cleanup: abort
+            # every transport still open so none outlives the loop (its __del__ would then fail).
+            for transport in list(getattr(loop, "_transports", {}).values()):
+                if transport is not None and not transport.is_closing():
+                    transport.abort()
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(asyncio.sleep(0.01))  # connection_lost callbacks
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 

@@ -352,3 +352,13 @@ def test_quiet_prints_no_ready_line(start_server: StartServer) -> None:
     else:
         raise AssertionError("no answer")
     assert not any("ready:" in line for line in srv.lines)
+
+
+def test_idle_tcp_connection_is_closed(objects_server: Server) -> None:
+    from clusterdns.server.tcp import IDLE_TIMEOUT
+
+    with socket.create_connection(("127.0.0.1", objects_server.port), timeout=IDLE_TIMEOUT + 5) as s:
+        start = time.monotonic()
+        s.sendall(b"\x00\x40\x12")  # half a frame, then silence
+        assert s.recv(1) == b""  # the server hung up
+        assert IDLE_TIMEOUT - 1 <= time.monotonic() - start <= IDLE_TIMEOUT + 3

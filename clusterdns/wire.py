@@ -194,7 +194,7 @@ def finalize(wire: bytes, req: Request, has_opt: bool) -> bytes:
     if req.edns and not has_opt:
         ar = (wire[10] << 8 | wire[11]) + 1
         wire = wire[:10] + ar.to_bytes(2, "big") + wire[12:] + opt_rr(req.udp_size, req.do)
-    if req.proto == "udp" and len(wire) > req.udp_size:
+    if len(wire) > (req.udp_size if req.proto == "udp" else 65535):  # TCP frames hold 65535 bytes
         wire = truncate(wire, req)
     return wire
 

@@ -27,7 +27,7 @@ class Errors:
             return await call_next(req)
         except Exception as e:
             qtype = TYPE_NAMES.get(req.qtype, str(req.qtype))
-            log.error("[ERROR] plugin/errors: %d %s %s: %s", SERVFAIL, req.qname, qtype, e or type(e).__name__,
+            log.error("[ERROR] plugin/errors: %d %s %s: %s", SERVFAIL, req.qname, qtype, str(e) or type(e).__name__,
                       exc_info=self.stacktrace)
             return Response(reply(req, SERVFAIL), SERVFAIL)
 

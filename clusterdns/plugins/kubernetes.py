@@ -286,7 +286,8 @@ class Kubernetes:
         if pod is not None:
             return self._respond(req, zone, pod)
         if self.cfg.fallthrough is not None and (
-            not self.cfg.fallthrough or any(qname.endswith(z) for z in self.cfg.fallthrough)
+            not self.cfg.fallthrough
+            or any(z == "." or qname == z or qname.endswith("." + z) for z in self.cfg.fallthrough)
         ):
             return await call_next(req)
         if not self.source.synced():

@@ -65,7 +65,7 @@ class Log:
     async def serve(self, req: Request, call_next: Next) -> Response:
         start = time.perf_counter()
         resp = await call_next(req)
-        if self.names and not any(req.qname.endswith(n) for n in self.names):
+        if self.names and not any(n == "." or req.qname == n or req.qname.endswith("." + n) for n in self.names):
             return resp
         if "all" not in self.classes and response_class(resp) not in self.classes:
             return resp

@@ -73,10 +73,6 @@ class Dispatcher:
         self._step(chain(req), req, send, meter, start, True)
         return True
 
-    def run(self, req: Request, chain: Next, send: Send) -> None:
-        """Run the chain; most queries finish in the first step, without any Task."""
-        self._step(chain(req), req, send, None, 0.0, True)
-
     def _step(self, coro: Coroutine[Any, Any, Response], req: Request, send: Send, meter: Meter | None,
               start: float, first: bool = False) -> None:
         try:

@@ -52,6 +52,7 @@ class Index:
         self.zones = zones
         self.ttl = ttl
         self.serial = int(time.time())
+        self.generation = 0  # bumped on every change: lets callers memoise answers about absent names
         self.prepared: dict[str, dict[int, Prepared]] = {}
         # name -> (owner, records) when one owner contributes (nearly always), else {owner: records};
         # the compact form keeps a large cluster's index small
@@ -121,6 +122,7 @@ class Index:
             self._owned.pop(owner, None)
         if changed:
             self.serial = int(time.time())
+            self.generation += 1
         return changed
 
     def _ancestors(self, name: str, delta: int) -> None:

@@ -66,8 +66,12 @@ def test_unchanged_owner_is_a_no_op() -> None:
     recs = {"a.ns.svc.cluster.local.": [(T_A, "10.0.0.1")]}
     assert idx.set("svc/a", recs)
     idx.answer("a.ns.svc.cluster.local.", T_A)
+    gen = idx.generation
     assert not idx.set("svc/a", dict(recs))
     assert "a.ns.svc.cluster.local." in idx.prepared
+    assert idx.generation == gen  # nothing changed: memos about absent names stay valid
+    assert idx.set("svc/a", {})
+    assert idx.generation == gen + 1
 
 
 def _svc(name: str, ns: str, labels: dict | None = None) -> dict:

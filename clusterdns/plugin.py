@@ -84,16 +84,31 @@ class Response:
     has_opt: bool = False  # the wire already carries an OPT record (e.g. from an upstream)
 
 
-Next = Callable[[Request], Coroutine[Any, Any, Response]]
+# What a link of the chain returns: the Response when it can answer at once (a cluster name, a
+# cache hit: no coroutine, no await), else a coroutine that will produce it (forwarding upstream).
+Result = Response | Coroutine[Any, Any, Response]
+Next = Callable[[Request], Result]
+
+
+async def resolve(result: Result) -> Response:
+    """The Response of ``result``, awaiting it if it is still pending (for code that is async anyway)."""
+    if isinstance(result, Response):
+        return result
+    return await result
 
 
 @runtime_checkable
 class Plugin(Protocol):
-    """A link in the chain of a server block."""
+    """A link in the chain of a server block.
+
+    ``serve`` answers (returns a Response), hands on (returns ``call_next(req)`` as it is), or wraps
+    what comes back: if that is a Response, work on it now; if it is a coroutine, return a coroutine
+    of your own that awaits it. Only a plugin that must wait (forward) needs ``async`` at all.
+    """
 
     name: ClassVar[str]
 
-    async def serve(self, req: Request, call_next: Next) -> Response: ...
+    def serve(self, req: Request, call_next: Next) -> Result: ...
 
 
 @runtime_checkable
@@ -120,7 +135,7 @@ class SiteConfig:
     on_listening: list[Hook] = field(default_factory=list)  # once the listeners serve this configuration
     on_shutdown: list[Hook] = field(default_factory=list)
     plugins: dict[str, object] = field(default_factory=dict)  # name -> configured instance
-    lookup: Next | None = None  # the server's whole dispatch, for plugins that resolve names
+    lookup: Next | None = None  # the server's whole dispatch, for plugins that resolve names (see resolve())
     app: Any = None  # the running App (process-wide services: metrics, HTTP listeners)
 
     @property
@@ -173,7 +188,7 @@ def build_chain(plugins: list[Plugin], end: Next) -> Next:
 def _link(plugin: Plugin, nxt: Next) -> Next:
     serve = plugin.serve
 
-    def call(req: Request) -> Coroutine[Any, Any, Response]:
+    def call(req: Request) -> Result:
         return serve(req, nxt)
 
     return call

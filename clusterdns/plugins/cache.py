@@ -25,7 +25,7 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -34,7 +34,18 @@ from cachetools import TLRUCache
 from clusterdns.corefile import Directive
 from clusterdns.duration import parse_duration
 from clusterdns.metrics import REGISTRY, Family
-from clusterdns.plugin import NOERROR, NXDOMAIN, SERVFAIL, Next, Request, Response, SiteConfig, register
+from clusterdns.plugin import (
+    NOERROR,
+    NXDOMAIN,
+    SERVFAIL,
+    Next,
+    Request,
+    Response,
+    Result,
+    SiteConfig,
+    register,
+    resolve,
+)
 from clusterdns.wire import CD, RD, T_AXFR, T_IXFR, T_NS, T_OPT, T_SOA, TC, RRSpan, WireError, scan
 
 log = logging.getLogger("clusterdns.cache")
@@ -200,13 +211,13 @@ class Cache:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # --- queries ---------------------------------------------------------------------------
-    async def serve(self, req: Request, call_next: Next) -> Response:
+    def serve(self, req: Request, call_next: Next) -> Result:
         if req.qname not in self.zones or req.qtype in (T_AXFR, T_IXFR):
-            return await call_next(req)
+            return call_next(req)
         self._requests[self._lbl] += 1
         if req.qname in self.bypass:
             self._misses[self._lbl] += 1
-            return await call_next(req)
+            return call_next(req)
         key = (req.qname, req.qtype, req.qclass, req.do, bool(req.flags & CD))
         try:
             entry = self.success[key]
@@ -214,7 +225,8 @@ class Cache:
             entry = self.denial.get(key)
         if entry is None:
             self._misses[self._lbl] += 1
-            return self._keep(req, key, await call_next(req))
+            res = call_next(req)
+            return self._keep(req, key, res) if isinstance(res, Response) else self._keep_later(req, key, res)
         self._hits[entry.kind][self._lbl_type[entry.kind]] += 1
         now = self.clock()
         ttl = entry.ttl - int(now - entry.stored)
@@ -225,17 +237,24 @@ class Cache:
             return Response(entry.build(req, entry.ttl if self.cfg.keepttl else ttl), entry.rcode, "cache")
         # Expired but kept for serve_stale (the store drops entries past their stale window).
         if self.cfg.verify_stale:
-            try:
-                resp = await call_next(req)
-            except Exception as e:  # the stale answer is better than the failure (RFC 8767)
-                log.debug("cache: refreshing %s failed, serving stale: %s", req.qname, e)
-            else:
-                if resp.rcode in (NOERROR, NXDOMAIN):
-                    return self._keep(req, key, resp)
-        else:
-            self._refresh(req, key, call_next, entry, prefetch=False)
+            return self._verified(req, key, call_next, entry)
+        self._refresh(req, key, call_next, entry, prefetch=False)
+        return self._stale(req, entry)
+
+    def _stale(self, req: Request, entry: Entry) -> Response:
         REGISTRY.inc(STALE.name, self._lbl)
         return Response(entry.build(req, 0), entry.rcode, "cache")
+
+    async def _verified(self, req: Request, key: Key, call_next: Next, entry: Entry) -> Response:
+        """``verify_stale``: ask downstream first; the stale entry only if that fails."""
+        try:
+            resp = await resolve(call_next(req))
+        except Exception as e:  # the stale answer is better than the failure (RFC 8767)
+            log.debug("cache: refreshing %s failed, serving stale: %s", req.qname, e)
+        else:
+            if resp.rcode in (NOERROR, NXDOMAIN):
+                return self._keep(req, key, resp)
+        return self._stale(req, entry)
 
     def _popular(self, entry: Entry, now: float, ttl: int) -> bool:
         """Count the hit; popular = AMOUNT hits without a gap of DURATION, and the TTL runs low."""
@@ -255,7 +274,7 @@ class Cache:
 
     async def _fetch(self, req: Request, key: Key, call_next: Next, old: Entry, prefetch: bool) -> None:
         try:
-            resp = await call_next(req)
+            resp = await resolve(call_next(req))
             # RFC 8767: only a real answer replaces what we have; a failure keeps the old entry.
             if resp.rcode in (NOERROR, NXDOMAIN):
                 new = self.admit(req, key, resp)
@@ -267,6 +286,9 @@ class Cache:
             old.refreshing = False
 
     # --- storing ---------------------------------------------------------------------------
+    async def _keep_later(self, req: Request, key: Key, pending: Awaitable[Response]) -> Response:
+        return self._keep(req, key, await pending)
+
     def _keep(self, req: Request, key: Key, resp: Response) -> Response:
         """Store ``resp`` if it is cacheable and answer with the stored copy (its TTLs as hits will see them)."""
         entry = self.admit(req, key, resp)

@@ -7,10 +7,11 @@ Syntax: ``errors { stacktrace }`` (``consolidate`` is accepted; see docs/plugins
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import ClassVar
 
 from clusterdns.corefile import Directive
-from clusterdns.plugin import SERVFAIL, Next, Request, Response, SiteConfig, register
+from clusterdns.plugin import SERVFAIL, Next, Request, Response, Result, SiteConfig, register
 from clusterdns.wire import TYPE_NAMES, reply
 
 log = logging.getLogger("clusterdns.errors")
@@ -22,14 +23,25 @@ class Errors:
     def __init__(self, stacktrace: bool = False) -> None:
         self.stacktrace = stacktrace
 
-    async def serve(self, req: Request, call_next: Next) -> Response:
+    def serve(self, req: Request, call_next: Next) -> Result:
         try:
-            return await call_next(req)
+            res = call_next(req)
         except Exception as e:
-            qtype = TYPE_NAMES.get(req.qtype, str(req.qtype))
-            log.error("[ERROR] plugin/errors: %d %s %s: %s", SERVFAIL, req.qname, qtype, str(e) or type(e).__name__,
-                      exc_info=self.stacktrace)
-            return Response(reply(req, SERVFAIL), SERVFAIL)
+            return self._failed(req, e)
+        return res if isinstance(res, Response) else self._guard(req, res)
+
+    async def _guard(self, req: Request, pending: Awaitable[Response]) -> Response:
+        try:
+            return await pending
+        except Exception as e:
+            return self._failed(req, e)
+
+    def _failed(self, req: Request, e: Exception) -> Response:
+        """One log line, and SERVFAIL for the client."""
+        qtype = TYPE_NAMES.get(req.qtype, str(req.qtype))
+        log.error("[ERROR] plugin/errors: %d %s %s: %s", SERVFAIL, req.qname, qtype, str(e) or type(e).__name__,
+                  exc_info=self.stacktrace)
+        return Response(reply(req, SERVFAIL), SERVFAIL)
 
 
 @register("errors")

@@ -30,7 +30,7 @@ from typing import ClassVar
 from clusterdns.corefile import Directive
 from clusterdns.duration import parse_duration
 from clusterdns.metrics import REGISTRY, TIME_BUCKETS, Family
-from clusterdns.plugin import REFUSED, Next, Request, Response, SiteConfig, register
+from clusterdns.plugin import REFUSED, Next, Request, Response, Result, SiteConfig, register, resolve
 from clusterdns.upstream import Exchanger, Upstream, UpstreamError
 from clusterdns.wire import RCODE_NAMES, RD, T_NS, T_OPT, TC, WireError, encode_name, reply, scan
 
@@ -185,20 +185,23 @@ class Forward:
             return True
         return not any(qname == e or qname.endswith(dotted) for e, dotted in self.excepts)
 
-    async def serve(self, req: Request, call_next: Next) -> Response:
+    def serve(self, req: Request, call_next: Next) -> Result:
         if not self.matches(req.qname):
-            return await call_next(req)
+            return call_next(req)
         limit = self.cfg.max_concurrent
         if limit and self.concurrent >= limit:
             REGISTRY.inc(REJECTS.name)
             return Response(reply(req, REFUSED), REFUSED, self.name)
+        return self._forwarded(req, call_next)
+
+    async def _forwarded(self, req: Request, call_next: Next) -> Response:
         self.concurrent += 1
         try:
             resp = await self.forward(req)
         finally:
             self.concurrent -= 1
         if self.next_forward and resp.rcode in self.cfg.next_rcodes:
-            return await call_next(req)
+            return await resolve(call_next(req))
         return resp
 
     async def forward(self, req: Request) -> Response:

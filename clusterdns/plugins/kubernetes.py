@@ -29,7 +29,7 @@ from clusterdns.k8s.index import NODATA_ANSWER, NXDOMAIN_ANSWER, Index, Prepared
 from clusterdns.k8s.records import Options, addr_type, pod_ip_from_label
 from clusterdns.k8s.sources import Source
 from clusterdns.k8s.store import Filters, Store
-from clusterdns.plugin import NOERROR, REFUSED, SERVFAIL, Next, Request, Response, SiteConfig, register
+from clusterdns.plugin import NOERROR, REFUSED, SERVFAIL, Next, Request, Response, Result, SiteConfig, register, resolve
 from clusterdns.wire import (
     C_IN,
     QNAME_PTR,
@@ -257,7 +257,7 @@ class Kubernetes:
             soa = self._soa[zone] = self.index.soa_rr(zone)
         return soa
 
-    async def serve(self, req: Request, call_next: Next) -> Response:
+    def serve(self, req: Request, call_next: Next) -> Result:
         # The index holds only names inside our zones, so a prepared hit needs no zone match.
         per = self.index.prepared.get(req.qname)
         if per is not None:
@@ -267,10 +267,10 @@ class Kubernetes:
                 return Response(p.build(req, soa), p.rcode, "kubernetes")
         zone = self._zone(req.qname)
         if zone is None:
-            return await call_next(req)
-        return await self._slow(req, zone, call_next)
+            return call_next(req)
+        return self._slow(req, zone, call_next)
 
-    async def _slow(self, req: Request, zone: str, call_next: Next) -> Response:
+    def _slow(self, req: Request, zone: str, call_next: Next) -> Result:
         qname, qtype = req.qname, req.qtype
         if qtype in (T_AXFR, T_IXFR):
             return Response(reply(req, REFUSED), REFUSED, "kubernetes")
@@ -280,7 +280,7 @@ class Kubernetes:
         p = self.index.answer(qname, qtype)
         if p is not None:
             if p.target:
-                return await self._chase(req, zone, p.target)
+                return self._chase(req, zone, p.target)
             return self._respond(req, zone, p)
         pod = self._insecure_pod(qname, qtype, zone)
         if pod is not None:
@@ -289,7 +289,7 @@ class Kubernetes:
             not self.cfg.fallthrough
             or any(z == "." or qname == z or qname.endswith("." + z) for z in self.cfg.fallthrough)
         ):
-            return await call_next(req)
+            return call_next(req)
         if not self.source.synced():
             return Response(reply(req, SERVFAIL), SERVFAIL, "kubernetes")
         return self._respond(req, zone, NXDOMAIN_ANSWER)
@@ -368,7 +368,7 @@ class Kubernetes:
         query += encode_name(name) + struct.pack(">HH", req.qtype, C_IN)
         try:
             sub = parse_query(query, req.proto, req.client)
-            resp = await self.site.lookup(sub)
+            resp = await resolve(self.site.lookup(sub))
             scan(resp.wire)
             from dnslib import DNSRecord
 

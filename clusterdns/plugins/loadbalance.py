@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 from clusterdns.corefile import Directive
-from clusterdns.plugin import NOERROR, Next, Request, Response, SiteConfig, register
+from clusterdns.plugin import NOERROR, Next, Request, Response, Result, SiteConfig, register
 from clusterdns.wire import T_A, T_AAAA, T_AXFR, T_CNAME, T_IXFR, T_MX, RRSpan, scan
 
 T = TypeVar("T")
@@ -191,8 +191,17 @@ class LoadBalance:
         self.rng = rng or random.Random()
         self.memo: dict[bytes, Plan | None] = {}  # message without its ID -> plan (answers repeat)
 
-    async def serve(self, req: Request, call_next: Next) -> Response:
-        resp = await call_next(req)
+    def serve(self, req: Request, call_next: Next) -> Result:
+        res = call_next(req)
+        if isinstance(res, Response):
+            return self._shuffled(req, res)
+        return self._later(req, res)
+
+    async def _later(self, req: Request, pending: Awaitable[Response]) -> Response:
+        return self._shuffled(req, await pending)
+
+    def _shuffled(self, req: Request, resp: Response) -> Response:
+        """``resp`` with its records in a fresh order (a new Response; the one given is not changed)."""
         w = resp.wire
         if resp.rcode != NOERROR or req.qtype in (T_AXFR, T_IXFR) or len(w) < 12:
             return resp

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from typing import ClassVar
 
 from clusterdns.corefile import Directive
-from clusterdns.plugin import NOERROR, NXDOMAIN, Next, Request, Response, SiteConfig, register
+from clusterdns.plugin import NOERROR, NXDOMAIN, Next, Request, Response, Result, SiteConfig, register
 from clusterdns.wire import RCODE_NAMES, TYPE_NAMES
 
 log = logging.getLogger("clusterdns.log")
@@ -62,9 +63,18 @@ class Log:
         self.fmt = fmt
         self.classes = classes
 
-    async def serve(self, req: Request, call_next: Next) -> Response:
+    def serve(self, req: Request, call_next: Next) -> Result:
         start = time.perf_counter()
-        resp = await call_next(req)
+        res = call_next(req)
+        if isinstance(res, Response):
+            return self._logged(req, res, start)
+        return self._later(req, res, start)
+
+    async def _later(self, req: Request, pending: Awaitable[Response], start: float) -> Response:
+        return self._logged(req, await pending, start)
+
+    def _logged(self, req: Request, resp: Response, start: float) -> Response:
+        """Log the answer when its name and class are selected; the answer itself is unchanged."""
         if self.names and not any(n == "." or req.qname == n or req.qname.endswith("." + n) for n in self.names):
             return resp
         if "all" not in self.classes and response_class(resp) not in self.classes:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from clusterdns.corefile import Directive
-from clusterdns.plugin import Next, Request, Response, SiteConfig, register
+from clusterdns.plugin import Next, Request, Result, SiteConfig, register
 from clusterdns.upstream import Upstream, UpstreamError
 from clusterdns.wire import RD, T_HINFO, encode_name
 
@@ -58,7 +58,7 @@ class Loop:
         self.on_loop = on_loop
         self._task: asyncio.Task[None] | None = None
 
-    async def serve(self, req: Request, call_next: Next) -> Response:
+    def serve(self, req: Request, call_next: Next) -> Result:
         if req.qtype == T_HINFO and not self.off and req.qname == self.qname:
             self.seen += 1
             if self.seen > SEEN_LIMIT:
@@ -66,7 +66,7 @@ class Loop:
                 self.on_loop(
                     f'[FATAL] plugin/loop: Loop ({remote} -> {local}) detected for zone "{self.zone}", see '
                     f'https://coredns.io/plugins/loop#troubleshooting. Query: "HINFO {self.qname}"')
-        return await call_next(req)
+        return call_next(req)
 
     def probe_query(self) -> bytes:
         header = random.getrandbits(16).to_bytes(2, "big") + RD.to_bytes(2, "big") + b"\x00\x01" + bytes(6)

@@ -12,13 +12,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from clusterdns.corefile import CorefileError, Directive, ServerBlock
 from clusterdns.metrics import PLUGIN_ENABLED, REGISTRY
-from clusterdns.plugin import ORDER, SERVFAIL, Next, Plugin, Request, Response, SiteConfig, build_chain, load_all
+from clusterdns.plugin import (
+    ORDER,
+    SERVFAIL,
+    Next,
+    Plugin,
+    Request,
+    Response,
+    Result,
+    SiteConfig,
+    build_chain,
+    load_all,
+)
 from clusterdns.server.dispatch import Dispatcher
 from clusterdns.server.http import Address, Handler, HttpHub
 from clusterdns.server.sockets import StartError as StartError  # re-exported: the CLI catches it from here
@@ -36,7 +47,7 @@ HOOK_TIMEOUT = 0.5  # seconds each shut-down hook gets
 SETUP_ONLY = frozenset({"reload", "bind", "health", "ready"})
 
 
-async def _end_of_chain(req: Request) -> Response:
+def _end_of_chain(req: Request) -> Response:
     """Nobody answered: SERVFAIL, written by the server, as in CoreDNS."""
     return Response(reply(req, SERVFAIL), SERVFAIL)
 
@@ -176,7 +187,7 @@ class App:
         port = site.config.port
         host = site.config.binds[0] if site.config.binds else ""
 
-        def lookup(req: Request) -> Awaitable[Response]:
+        def lookup(req: Request) -> Result:
             disp = self.dispatchers[(host, port)]
             hit = disp.route(req.qname)
             if hit is None:

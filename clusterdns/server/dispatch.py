@@ -1,9 +1,10 @@
 """Routing one query: read it, pick the server block by longest zone match, run its chain,
 and send the finished bytes back; bad input gets FORMERR/NOTIMP/REFUSED or is dropped.
 
-The chain's coroutine is driven by hand (``coro.send``) so a query answered without waiting
-(every cluster name, every cache hit) costs no asyncio Task; only a query that really suspends
-(forwarding upstream) is resumed from its future's callback.
+A query answered without waiting (every cluster name, every cache hit) comes back from the chain
+as a Response: plain calls, no coroutine. Only a query that must wait (forwarding upstream) comes
+back as a coroutine, which is driven by hand (``coro.send``) and resumed from its future's callback
+— no asyncio Task per query either way.
 """
 
 from __future__ import annotations
@@ -70,8 +71,21 @@ class Dispatcher:
             self._finish(req, Response(reply(req, REFUSED), REFUSED), send, self.dropped, start)
             return True
         req.zone, chain, req.server, meter = hit
-        self._step(chain(req), req, send, meter, start, True)
+        try:
+            res = chain(req)
+        except Exception as e:  # `errors` normally catches first; never let a query kill us
+            res = self._panic(req, e)
+        if isinstance(res, Response):
+            self._finish(req, res, send, meter, start)
+        else:
+            self._step(res, req, send, meter, start, True)
         return True
+
+    @staticmethod
+    def _panic(req: Request, e: Exception) -> Response:
+        REGISTRY.inc(PANICS.name)
+        log.error("[ERROR] %d %s %d: %s: %s", SERVFAIL, req.qname, req.qtype, type(e).__name__, e)
+        return Response(reply(req, SERVFAIL), SERVFAIL)
 
     def _step(self, coro: Coroutine[Any, Any, Response], req: Request, send: Send, meter: Meter | None,
               start: float, first: bool = False) -> None:
@@ -82,12 +96,10 @@ class Dispatcher:
                 self.inflight -= 1
             self._finish(req, stop.value, send, meter, start)
             return
-        except Exception as e:  # `errors` normally catches first; never let a query kill us
+        except Exception as e:
             if not first:
                 self.inflight -= 1
-            REGISTRY.inc(PANICS.name)
-            log.error("[ERROR] %d %s %d: %s: %s", SERVFAIL, req.qname, req.qtype, type(e).__name__, e)
-            self._finish(req, Response(reply(req, SERVFAIL), SERVFAIL), send, meter, start)
+            self._finish(req, self._panic(req, e), send, meter, start)
             return
         if first:
             self.inflight += 1

@@ -15,7 +15,7 @@ from dnslib import EDNS0, RR, DNSRecord
 
 from clusterdns.corefile import CorefileError, parse
 from clusterdns.metrics import REGISTRY
-from clusterdns.plugin import NOERROR, NXDOMAIN, REFUSED, SERVFAIL, Request, Response, SiteConfig
+from clusterdns.plugin import NOERROR, NXDOMAIN, REFUSED, SERVFAIL, Request, Response, SiteConfig, resolve
 from clusterdns.plugins.cache import Cache, Config, parse_config
 from clusterdns.wire import finalize, parse_query
 
@@ -97,7 +97,7 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 async def ask(cache: Cache, down: Downstream | Callable[[Request], Awaitable[Response]],
               req: Request) -> dns.message.Message:
-    resp = await cache.serve(req, down)
+    resp = await resolve(cache.serve(req, down))
     msg = dns.message.from_wire(finalize(resp.wire, req, resp.has_opt))
     msg.plugin = resp.plugin  # type: ignore[attr-defined]
     return msg

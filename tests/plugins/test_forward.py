@@ -16,7 +16,7 @@ import pytest
 
 from clusterdns.corefile import CorefileError, parse
 from clusterdns.metrics import REGISTRY
-from clusterdns.plugin import NOERROR, REFUSED, SERVFAIL, Request, Response, SiteConfig
+from clusterdns.plugin import NOERROR, REFUSED, SERVFAIL, Request, Response, SiteConfig, resolve
 from clusterdns.plugins import forward as fw
 from clusterdns.plugins.forward import (
     Config,
@@ -344,7 +344,7 @@ def test_deadline_bounds_a_query_and_caps_each_try(monkeypatch: pytest.MonkeyPat
         loop = asyncio.get_running_loop()
         start = loop.time()
         with pytest.raises(UpstreamError, match="i/o timeout"):
-            await f.serve(query(), end)
+            await resolve(f.serve(query(), end))
         return loop.time() - start
 
     took = run(timed())
@@ -358,7 +358,7 @@ def test_failed_upstream_is_probed_marked_down_skipped_and_recovers() -> None:
         f = make([a, b], policy="sequential", hc_interval=0.01)
         before = REGISTRY.values[fw.HC_FAILURES.name].get(("forward", "a"), 0)
         a.mode = "fail"
-        assert ip_of(await f.serve(query(), end)) == "192.0.2.2"  # failed over, and a probe started
+        assert ip_of(await resolve(f.serve(query(), end))) == "192.0.2.2"  # failed over, and a probe started
         for _ in range(100):
             if f.proxies[0].down(2):
                 break
@@ -366,7 +366,7 @@ def test_failed_upstream_is_probed_marked_down_skipped_and_recovers() -> None:
         assert f.proxies[0].fails >= 2 and a.probes >= 2
         assert REGISTRY.values[fw.HC_FAILURES.name][("forward", "a")] - before == f.proxies[0].fails
         sent = a.queries()
-        assert ip_of(await f.serve(query(), end)) == "192.0.2.2"
+        assert ip_of(await resolve(f.serve(query(), end))) == "192.0.2.2"
         assert a.queries() == sent  # down: not even tried
         a.mode = "ok"
         for _ in range(100):
@@ -374,7 +374,7 @@ def test_failed_upstream_is_probed_marked_down_skipped_and_recovers() -> None:
                 break
             await asyncio.sleep(0.01)
         assert f.proxies[0].fails == 0
-        assert ip_of(await f.serve(query(), end)) == "192.0.2.1"
+        assert ip_of(await resolve(f.serve(query(), end))) == "192.0.2.1"
         await f.stop()
         assert a.closed and b.closed
 
@@ -387,7 +387,7 @@ def test_max_fails_zero_never_probes_nor_marks_down() -> None:
         f = make([a, b], policy="sequential", max_fails=0, hc_interval=0.01)
         a.mode = "fail"
         for _ in range(3):
-            assert ip_of(await f.serve(query(), end)) == "192.0.2.2"
+            assert ip_of(await resolve(f.serve(query(), end))) == "192.0.2.2"
             await asyncio.sleep(0.03)
         assert a.probes == 0 and a.queries() == 3
 
@@ -423,7 +423,7 @@ def test_max_concurrent_refuses_over_the_limit() -> None:
         rejects = REGISTRY.values[fw.REJECTS.name].get((), 0)
         waiting = [asyncio.ensure_future(f.serve(query(), end)) for _ in range(2)]
         await asyncio.sleep(0.01)
-        refused = await f.serve(query(), end)
+        refused = await resolve(f.serve(query(), end))
         assert (refused.rcode, refused.plugin) == (REFUSED, "forward")
         assert REGISTRY.values[fw.REJECTS.name][()] == rejects + 1
         for w in waiting:
@@ -431,7 +431,7 @@ def test_max_concurrent_refuses_over_the_limit() -> None:
                 await w
         assert f.concurrent == 0
         a.mode = "ok"
-        assert (await f.serve(query(), end)).rcode == NOERROR
+        assert (await resolve(f.serve(query(), end))).rcode == NOERROR
 
     run(scenario())
 

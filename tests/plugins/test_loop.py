@@ -12,7 +12,7 @@ import dns.rdatatype
 import pytest
 
 from clusterdns.corefile import CorefileError, parse
-from clusterdns.plugin import NOERROR, Request, Response, SiteConfig
+from clusterdns.plugin import NOERROR, Request, Response, SiteConfig, resolve
 from clusterdns.plugins import loop as lp
 from clusterdns.plugins.loop import Loop
 from clusterdns.wire import parse_query, reply
@@ -59,12 +59,12 @@ def test_third_sighting_of_the_probe_is_a_loop() -> None:
     async def scenario() -> None:
         for name in ("other.example.", plugin.qname.upper()):  # the reader lower-cases: same name
             for _ in range(2):
-                assert (await plugin.serve(hinfo(name), passed)).plugin == "next"
+                assert (await resolve(plugin.serve(hinfo(name), passed))).plugin == "next"
         assert plugin.seen == 2 and messages == []
-        await plugin.serve(parse_query(dns.message.make_query(plugin.qname, "A").to_wire(), "udp",
-                                       ("127.0.0.1", 1)), passed)
+        await resolve(plugin.serve(parse_query(dns.message.make_query(plugin.qname, "A").to_wire(), "udp",
+                                       ("127.0.0.1", 1)), passed))
         assert plugin.seen == 2  # only HINFO counts
-        await plugin.serve(hinfo(plugin.qname, ("::ffff:127.0.0.1", 41000)), passed)
+        await resolve(plugin.serve(hinfo(plugin.qname, ("::ffff:127.0.0.1", 41000)), passed))
 
     asyncio.run(scenario())
     assert messages == [
@@ -80,7 +80,7 @@ def test_nothing_is_counted_once_switched_off() -> None:
 
     async def scenario() -> None:
         for _ in range(5):
-            await plugin.serve(hinfo(plugin.qname), passed)
+            await resolve(plugin.serve(hinfo(plugin.qname), passed))
 
     asyncio.run(scenario())
     assert plugin.seen == 0 and messages == []

@@ -35,6 +35,7 @@ class Upstream:
         self.cmd = cmd
         self.marker = query_marker
         self.lines: list[str] = []
+        self._markers = 0
         self.proc: subprocess.Popen[str] | None = None
         self.start()
 
@@ -60,7 +61,19 @@ class Upstream:
             self.lines.append(line.rstrip("\n"))
 
     def queries(self, name: str) -> int:
-        """How many queries for ``name`` (any type) the upstream has logged."""
+        """How many queries for ``name`` (any type) the upstream was asked, once its log has caught up
+        with everything sent so far: a marker query sent now is logged after all of them (the log is
+        read by a thread, which can lag behind the answers on a loaded machine)."""
+        self._markers += 1
+        marker = f"sync{self._markers}.invalid."
+        dns.query.udp(dns.message.make_query(marker, "A"), self.host, port=self.port, timeout=2)
+        deadline = time.monotonic() + 5
+        while self._logged(marker) == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert self._logged(marker) == 1, f"{self.cmd[0]} did not log the marker query {marker}"
+        return self._logged(name)
+
+    def _logged(self, name: str) -> int:
         name = name.rstrip(".").lower()
         return sum(1 for ln in list(self.lines) if self.marker in ln and f" {name}" in ln.lower())
 

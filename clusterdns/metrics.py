@@ -32,6 +32,8 @@ TIME_BUCKETS = tuple(0.00025 * 2**i for i in range(16))
 # plugin.SlimTimeBuckets: ExponentialBuckets(0.00025, 10, 5)
 SLIM_TIME_BUCKETS = tuple(0.00025 * 10**i for i in range(5))
 SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
+# The bucket of every possible message size (0-65535), so the hot path indexes instead of bisecting.
+SIZE_BUCKET_OF = bytes(bisect_left(SIZE_BUCKETS, n) for n in range(65536))
 PROGRAMMING_BUCKETS = tuple(0.001 * 2**i for i in range(20))
 
 Labels = tuple[str, ...]
@@ -190,7 +192,7 @@ _OTHER = 0  # the qtype key under which every unlisted type is counted (bounds t
 class Meter:
     """Counts the answered queries of one (server, zone) for the five per-query DNS families.
 
-    ``record`` is the whole hot-path cost of metrics: three bisects and one dict update keyed by
+    ``record`` is the whole hot-path cost of metrics: two table lookups, one bisect and one dict update keyed by
     (proto, family, qtype, DO, rcode, plugin, request-size bucket, response-size bucket, duration
     bucket), whose value holds the count and the sums the histograms need.
     """
@@ -205,8 +207,8 @@ class Meter:
     def record(self, req: Request, resp: Response, size: int, seconds: float) -> None:
         qtype = req.qtype if req.qtype in TYPE_LABELS else _OTHER
         qsize = len(req.data)
-        key = (req.proto, req.family, qtype, req.do, resp.rcode, resp.plugin, bisect_left(SIZE_BUCKETS, qsize),
-               bisect_left(SIZE_BUCKETS, size), bisect_left(TIME_BUCKETS, seconds))
+        key = (req.proto, req.family, qtype, req.do, resp.rcode, resp.plugin, SIZE_BUCKET_OF[qsize],
+               SIZE_BUCKET_OF[size], bisect_left(TIME_BUCKETS, seconds))
         v = self.counts.get(key)
         if v is None:
             v = self.counts[key] = [0, 0, 0, 0.0]

@@ -143,6 +143,10 @@ def _under(qname: str, zones: list[str]) -> bool:
     return any(z == "." or qname == z or qname.endswith("." + z) for z in zones)
 
 
+_OUTSIDE, _BYPASS, _CACHED = 0, 1, 2  # where a name stands with a cache (Cache._scope)
+SCOPES = 10_000  # names whose scope is remembered
+
+
 class _Zones:
     """``_under`` for a fixed zone list, as one C-level ``endswith`` on the hot path."""
 
@@ -169,6 +173,7 @@ class Cache:
         # their queries go straight on, counted as requests and misses, with no lookup or scan.
         self.bypass = _Zones([z for z in cfg.no_success if _under(z, cfg.no_denial)])
         self.zones = _Zones(cfg.zones)
+        self._scopes: dict[str, int] = {}  # qname -> _OUTSIDE, _BYPASS or _CACHED
         zones = ",".join(cfg.zones)
         self._lbl = (server, zones, "")
         self._lbl_type = {k: (server, k, zones, "") for k in ("success", "denial")}
@@ -212,10 +217,13 @@ class Cache:
 
     # --- queries ---------------------------------------------------------------------------
     def serve(self, req: Request, call_next: Next) -> Result:
-        if req.qname not in self.zones or req.qtype in (T_AXFR, T_IXFR):
+        scope = self._scopes.get(req.qname)
+        if scope is None:
+            scope = self._scope(req.qname)
+        if scope == _OUTSIDE or req.qtype in (T_AXFR, T_IXFR):
             return call_next(req)
         self._requests[self._lbl] += 1
-        if req.qname in self.bypass:
+        if scope == _BYPASS:
             self._misses[self._lbl] += 1
             return call_next(req)
         key = (req.qname, req.qtype, req.qclass, req.do, bool(req.flags & CD))
@@ -255,6 +263,15 @@ class Cache:
             if resp.rcode in (NOERROR, NXDOMAIN):
                 return self._keep(req, key, resp)
         return self._stale(req, entry)
+
+    def _scope(self, qname: str) -> int:
+        """Whether ``qname`` is outside our zones, inside but never cached, or cached; remembered
+        (clients ask the same names over and over), the memo cleared when it grows past SCOPES."""
+        scope = _OUTSIDE if qname not in self.zones else _BYPASS if qname in self.bypass else _CACHED
+        if len(self._scopes) >= SCOPES:
+            self._scopes.clear()
+        self._scopes[qname] = scope
+        return scope
 
     def _popular(self, entry: Entry, now: float, ttl: int) -> bool:
         """Count the hit; popular = AMOUNT hits without a gap of DURATION, and the TTL runs low."""

@@ -193,9 +193,12 @@ class LoadBalance:
 
     def serve(self, req: Request, call_next: Next) -> Result:
         res = call_next(req)
-        if isinstance(res, Response):
-            return self._shuffled(req, res)
-        return self._later(req, res)
+        if not isinstance(res, Response):
+            return self._later(req, res)
+        w = res.wire  # nothing to reorder unless some section holds two records or more
+        if len(w) >= 12 and w[7] < 2 and w[9] < 2 and w[11] < 2 and not (w[6] or w[8] or w[10]):
+            return res
+        return self._shuffled(req, res)
 
     async def _later(self, req: Request, pending: Awaitable[Response]) -> Response:
         return self._shuffled(req, await pending)

@@ -16,6 +16,7 @@ from dnslib import EDNS0, RR, DNSRecord
 from clusterdns.corefile import CorefileError, parse
 from clusterdns.metrics import REGISTRY
 from clusterdns.plugin import NOERROR, NXDOMAIN, REFUSED, SERVFAIL, Request, Response, SiteConfig, resolve
+from clusterdns.plugins import cache as cache_plugin
 from clusterdns.plugins.cache import Cache, Config, parse_config
 from clusterdns.wire import finalize, parse_query
 
@@ -342,6 +343,19 @@ def test_zone_disabled_for_both_kinds_is_passed_through_without_lookup() -> None
     serve(cache, positive, query("www.example.org."))
     serve(cache, positive, query("www.example.org."))
     assert positive.calls == 4  # other zones are still cached
+
+
+def test_where_names_stand_is_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_plugin, "SCOPES", 8)
+    cache, _ = make_cache("cache 30 {\n disable success cluster.local\n disable denial cluster.local\n}")
+    down = Downstream()
+    for i in range(40):
+        serve(cache, down, query(f"s{i}.ns.svc.cluster.local."))
+        serve(cache, down, query(f"w{i}.example.org."))
+        serve(cache, down, query(f"w{i}.example.org."))
+        assert len(cache._scopes) <= 8
+    assert down.calls == 80  # every cluster name went on, every other name was asked once
+    assert metric(cache, "coredns_cache_misses_total") == 80
 
 
 # --- capacity ----------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ log = logging.getLogger("clusterdns.kubernetes")
 SPEC_VERSION = "1.1.0"
 DNS_VERSION_TTL = 28800
 MAX_CHASE = 8
+NX_MEMO = 10_000  # names remembered as not existing (per index generation)
 
 
 @dataclass
@@ -204,6 +205,10 @@ class Kubernetes:
         )
         self._soa_serial = -1
         self._soa: dict[str, bytes] = {}
+        # Names known not to exist -> their zone, valid for one index generation (clients retry the
+        # same missing names, e.g. search-path expansions); bounded, cleared when full.
+        self._nx: dict[str, str] = {}
+        self._nx_generation = -1
         self._task: asyncio.Task[None] | None = None
         site.on_startup.append(self.start)
         site.on_shutdown.append(self.stop)
@@ -218,6 +223,8 @@ class Kubernetes:
         hands them back with ``old.adopt(self)``."""
         self.source, self.store, self.index = old.source, old.store, old.index
         self._task, old._task = old._task, None
+        self._nx.clear()
+        self._nx_generation = -1
 
     async def start(self) -> None:
         """Start the source; wait up to startup_timeout for the first full sync, as CoreDNS does."""
@@ -265,6 +272,12 @@ class Kubernetes:
             if p is not None and not p.target:
                 soa = self.soa(self._zone(req.qname) or ".") if p.negative else b""
                 return Response(p.build(req, soa), p.rcode, "kubernetes")
+        if self._nx_generation != self.index.generation:
+            self._nx.clear()
+            self._nx_generation = self.index.generation
+        zone = self._nx.get(req.qname)
+        if zone is not None and req.qtype not in (T_AXFR, T_IXFR):
+            return self._respond(req, zone, NXDOMAIN_ANSWER)
         zone = self._zone(req.qname)
         if zone is None:
             return call_next(req)
@@ -292,6 +305,9 @@ class Kubernetes:
             return call_next(req)
         if not self.source.synced():
             return Response(reply(req, SERVFAIL), SERVFAIL, "kubernetes")
+        if len(self._nx) >= NX_MEMO:
+            self._nx.clear()
+        self._nx[qname] = zone  # nothing above depends on the type: the name does not exist
         return self._respond(req, zone, NXDOMAIN_ANSWER)
 
     def _respond(self, req: Request, zone: str, p: Prepared) -> Response:

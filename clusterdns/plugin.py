@@ -140,11 +140,13 @@ class SiteConfig:
 
     @property
     def server_label(self) -> str:
-        """CoreDNS's `server` metric label: ``dns://:53`` or, with bind, ``dns://127.0.0.1:53``."""
-        host = self.binds[0] if len(self.binds) == 1 else ""
-        if ":" in host:
-            host = f"[{host}]"
-        return f"dns://{host}:{self.port}"
+        """The `server` metric label of this block (its one bind address, else every address)."""
+        return server_label(self.binds[0] if len(self.binds) == 1 else "", self.port)
+
+
+def server_label(host: str, port: int) -> str:
+    """CoreDNS's `server` metric label: ``dns://:53``, with bind ``dns://127.0.0.1:53``."""
+    return f"dns://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 Setup = Callable[["Directive", SiteConfig], "Plugin | object | None"]

@@ -43,7 +43,6 @@ from clusterdns.wire import (
     T_NS,
     T_SOA,
     T_TXT,
-    WireError,
     encode_name,
     parse_query,
     reply,
@@ -356,7 +355,6 @@ class Kubernetes:
         from dnslib import CNAME, DNSRecord
 
         out = DNSRecord.parse(reply(req, NOERROR, aa=True))
-        out.header.aa = 1
         owner, rrs_seen = req.parsed().q.qname, 0
         while target and rrs_seen < MAX_CHASE:
             rrs_seen += 1
@@ -389,7 +387,7 @@ class Kubernetes:
             from dnslib import DNSRecord
 
             return list(DNSRecord.parse(resp.wire).rr)
-        except (WireError, ValueError, Exception) as e:  # the CNAME alone is still an answer
+        except Exception as e:  # WireError, a broken answer...: the CNAME alone is still an answer
             log.debug("kubernetes: cannot resolve %s: %s", name, e)
             return []
 

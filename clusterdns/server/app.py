@@ -29,6 +29,7 @@ from clusterdns.plugin import (
     SiteConfig,
     build_chain,
     load_all,
+    server_label,
 )
 from clusterdns.server.dispatch import Dispatcher
 from clusterdns.server.http import Address, Handler, HttpHub
@@ -159,7 +160,7 @@ class App:
                     disp = self.dispatchers.setdefault((host, port), Dispatcher())
                     if a.zone in disp.zones:
                         raise CorefileError(f"zone {a.zone} is served twice on port {port}", s.block.file, s.block.line)
-                    label = _server_label(host, port)
+                    label = server_label(host, port)
                     # CoreDNS counts a block's queries only when the block has `prometheus`
                     meter = None
                     if "prometheus" in s.config.plugins:
@@ -170,7 +171,7 @@ class App:
                         s.servers.append(label)
             s.config.lookup = self._lookup_for(s)
         for key in metered:
-            self.dispatchers[key].dropped = REGISTRY.meter(_server_label(*key), "dropped")
+            self.dispatchers[key].dropped = REGISTRY.meter(server_label(*key), "dropped")
 
     def _handover(self) -> dict[tuple[Any, ...], object]:
         """This configuration's plugins by (zones, port, directive shape), for the next one to adopt."""
@@ -330,11 +331,6 @@ class App:
             zones = " ".join(sorted(disp.zones))
             parts.append(f"{zones}:{port} on {host or 'every address'}")
         return ", ".join(parts)
-
-
-def _server_label(host: str, port: int) -> str:
-    """CoreDNS's `server` label: ``dns://:53``, with bind ``dns://127.0.0.1:53``."""
-    return f"dns://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 async def _listen(key: tuple[str, int], disp: Dispatcher) -> list[Listener]:

@@ -14,4 +14,4 @@ tools:
 	@scripts/dev.sh tools
 
 bench:
-	@scripts/dev.sh setup && .venv/bin/python -m bench.run
+	@scripts/dev.sh bench

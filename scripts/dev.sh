@@ -4,6 +4,7 @@
 #   scripts/dev.sh run     set up, then serve the demo cluster on 127.0.0.1:1053
 #   scripts/dev.sh tools   install the system test tools (dig, dnsmasq, unbound, dnsperf) if missing
 #   scripts/dev.sh test    set up, install the tools, run the whole test suite
+#   scripts/dev.sh bench   set up (with the bench extra: py-spy, matplotlib), run bench.run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -55,5 +56,11 @@ case "${1:-}" in
         tools
         shift
         exec "$VENV/bin/python" -m pytest "$@" ;;
-    *) echo "usage: $0 setup|tools|run|test" >&2; exit 2 ;;
+    bench)
+        setup
+        tools
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[bench]" </dev/null
+        shift
+        exec "$VENV/bin/python" -m bench.run "$@" ;;
+    *) echo "usage: $0 setup|tools|run|test|bench" >&2; exit 2 ;;
 esac

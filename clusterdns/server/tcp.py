@@ -1,19 +1,27 @@
 """The TCP transport: 2-byte length framing, pipelined queries answered in any order, an idle
 timeout, a cap on connections and on queries in flight per connection.
+
+A connection over the cap is accepted and closed at once, so its client sees the end of the
+stream and can try another server now rather than wait in the listen backlog for a free slot.
+The cap is ``MAX_CONNECTIONS``, or the positive integer in the environment variable
+``CLUSTERDNS_TCP_MAX_CONNECTIONS`` when it is set (read at start; the tests use a small cap).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from clusterdns.server.dispatch import Dispatcher
+from clusterdns.server.sockets import StartError
 
 log = logging.getLogger("clusterdns.server")
 
 IDLE_TIMEOUT = 10.0  # seconds without a complete query before the connection is closed
 MAX_CONNECTIONS = 1000
+MAX_CONNECTIONS_ENV = "CLUSTERDNS_TCP_MAX_CONNECTIONS"
 MAX_INFLIGHT = 128  # per connection; reading pauses above it
 MAX_WRITE_BUFFER = 1 << 20  # a client that does not read its answers is cut off
 
@@ -34,10 +42,11 @@ class TcpConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
-        if len(self.server.connections) >= MAX_CONNECTIONS:
+        server = self.server
+        if len(server.connections) >= server.max_connections:
             transport.abort()
             return
-        self.server.connections.add(self)
+        server.connections.add(self)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -91,14 +100,20 @@ class TcpConnection(asyncio.Protocol):
 class TcpListener:
     """Serves one bound, listening TCP socket."""
 
-    def __init__(self, sock: Any, dispatcher: Dispatcher, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(
+        self, sock: Any, dispatcher: Dispatcher, idle_timeout: float = IDLE_TIMEOUT, max_connections: int = 0
+    ) -> None:
         self.sock = sock
         self.dispatcher = dispatcher
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections  # 0: configured_max_connections(), read at start
         self.connections: set[TcpConnection] = set()
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
+        """Serve; raises StartError when the configured cap on connections is not valid."""
+        if not self.max_connections:
+            self.max_connections = configured_max_connections()
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: TcpConnection(self), sock=self.sock)
 
@@ -116,3 +131,17 @@ class TcpListener:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
+
+
+def configured_max_connections() -> int:
+    """``MAX_CONNECTIONS``, or the positive integer in ``$CLUSTERDNS_TCP_MAX_CONNECTIONS``."""
+    text = os.environ.get(MAX_CONNECTIONS_ENV, "")
+    if not text:
+        return MAX_CONNECTIONS
+    try:
+        cap = int(text)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise StartError(f"{MAX_CONNECTIONS_ENV}: not a positive integer: {text!r}")
+    return cap

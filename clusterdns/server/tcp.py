@@ -5,6 +5,10 @@ A connection over the cap is accepted and closed at once, so its client sees the
 stream and can try another server now rather than wait in the listen backlog for a free slot.
 The cap is ``MAX_CONNECTIONS``, or the positive integer in the environment variable
 ``CLUSTERDNS_TCP_MAX_CONNECTIONS`` when it is set (read at start; the tests use a small cap).
+
+A paused listener (shut-down, or an address a reload no longer serves) accepts no connection and
+reads no query, not even when answers drain a connection that flow control paused; the answers
+to the queries already read are still written.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ class TcpConnection(asyncio.Protocol):
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
         server = self.server
-        if len(server.connections) >= server.max_connections:
-            transport.abort()
+        if server.paused or len(server.connections) >= server.max_connections:
+            transport.abort()  # over the cap, or accepted just before the listener paused
             return
         server.connections.add(self)
         self._arm()
@@ -92,7 +96,7 @@ class TcpConnection(asyncio.Protocol):
         if t.get_write_buffer_size() > MAX_WRITE_BUFFER:
             t.abort()
             return
-        if self.paused and self.inflight < MAX_INFLIGHT // 2:
+        if self.paused and self.inflight < MAX_INFLIGHT // 2 and not self.server.paused:
             self.paused = False
             t.resume_reading()
 
@@ -109,6 +113,7 @@ class TcpListener:
         self.max_connections = max_connections  # 0: configured_max_connections(), read at start
         self.connections: set[TcpConnection] = set()
         self.server: asyncio.Server | None = None
+        self.paused = False
 
     async def start(self) -> None:
         """Serve; raises StartError when the configured cap on connections is not valid."""
@@ -119,6 +124,7 @@ class TcpListener:
 
     def pause(self) -> None:
         """Accept no more connections and read no more queries; answers in flight still go out."""
+        self.paused = True
         if self.server is not None:
             self.server.close()
         for conn in self.connections:

@@ -1,17 +1,23 @@
-"""The TCP transport (clusterdns/server/tcp.py): the cap on connections, through the real process.
-Real sockets on 127.0.0.1."""
+"""The TCP transport (clusterdns/server/tcp.py): the cap on connections, through the real process,
+and a paused listener, with a dispatcher that holds queries the way a chain waiting on an upstream
+does. Real sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
-from contextlib import ExitStack
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack, suppress
+from typing import Any
 
 import dns.message
 import dns.query
 import pytest
 
-from clusterdns.server.tcp import MAX_CONNECTIONS_ENV
+from clusterdns.server.dispatch import Dispatcher, Send
+from clusterdns.server.sockets import bind_socket
+from clusterdns.server.tcp import MAX_CONNECTIONS_ENV, MAX_INFLIGHT, TcpConnection, TcpListener
 from tests.conftest import DEMO_COREFILE, StartServer
 from tests.procs import ROOT, answers
 
@@ -83,3 +89,131 @@ def test_invalid_cap_fails_the_start(start_server: StartServer) -> None:
     srv.proc.wait(20)
     assert srv.stop() == 1
     assert f"clusterdns: {MAX_CONNECTIONS_ENV}: not a positive integer: 'many'" in srv.output()
+
+
+# --- a paused listener ---------------------------------------------------------------------------
+
+
+class Held(Dispatcher):
+    """Holds every query unanswered, like a chain waiting on an upstream; ``answer`` echoes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+        self.held: list[tuple[bytes, Any, Send]] = []
+
+    def handle(self, data: bytes, proto: str, client: Any, send: Send) -> bool:
+        self.seen += 1
+        self.held.append((data, client, send))
+        return True
+
+    def answer(self) -> None:
+        held, self.held = self.held, []
+        for data, client, send in held:
+            send(data, client)
+
+
+def frame(n: int) -> bytes:
+    """A length-prefixed two-byte "query" numbered ``n``; Held echoes it as its answer."""
+    return b"\x00\x02" + n.to_bytes(2, "big")
+
+
+Test = Callable[[TcpListener, Held, int], Awaitable[None]]
+
+
+def run(test: Test) -> None:
+    """Run ``test`` with a listener on a free loopback port, closed afterwards."""
+
+    async def main() -> None:
+        disp = Held()
+        listener = TcpListener(bind_socket("127.0.0.1", 0, socket.SOCK_STREAM), disp, max_connections=10)
+        port = listener.sock.getsockname()[1]
+        await listener.start()
+        try:
+            await test(listener, disp, port)
+        finally:
+            listener.close()
+            await asyncio.sleep(0.01)  # let the transports finish closing
+
+    asyncio.run(main())
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def hung_up(reader: asyncio.StreamReader) -> bool:
+    """The server closed the connection: the end of the stream, or a reset when it closed with
+    queries unread (the kernel's answer to those)."""
+    try:
+        return await asyncio.wait_for(reader.read(), 5) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def closed(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with suppress(ConnectionResetError):  # reset by the server already
+        await writer.wait_closed()
+
+
+def test_pause_reads_no_more_queries_and_answers_those_in_flight() -> None:
+    async def test(listener: TcpListener, disp: Held, port: int) -> None:
+        busy_r, busy = await asyncio.open_connection("127.0.0.1", port)
+        idle_r, idle = await asyncio.open_connection("127.0.0.1", port)
+        busy.write(frame(1) + frame(2) + frame(3))
+        await until(lambda: disp.seen == 3 and len(listener.connections) == 2)
+        listener.pause()
+        busy.write(frame(4))
+        idle.write(frame(5))
+        await asyncio.sleep(0.1)  # time enough for them to be read, were reading still on
+        disp.answer()
+        assert await asyncio.wait_for(busy_r.readexactly(12), 5) == frame(1) + frame(2) + frame(3)
+        await asyncio.sleep(0.1)
+        assert disp.seen == 3
+        with pytest.raises(ConnectionRefusedError):  # no more connections either
+            await asyncio.open_connection("127.0.0.1", port)
+        listener.close()
+        assert await hung_up(busy_r) and await hung_up(idle_r)
+        await closed(busy)
+        await closed(idle)
+
+    run(test)
+
+
+def test_pause_is_not_undone_when_answers_drain_a_connection_paused_by_flow_control() -> None:
+    async def test(listener: TcpListener, disp: Held, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"".join(frame(i) for i in range(MAX_INFLIGHT)))
+        await until(lambda: disp.seen == MAX_INFLIGHT)
+        (conn,) = listener.connections
+        assert conn.paused  # flow control: as many queries in flight as a connection may have
+        listener.pause()
+        writer.write(frame(MAX_INFLIGHT))  # a query after the pause
+        await asyncio.sleep(0.1)
+        disp.answer()  # draining the connection below half the cap used to resume reading it
+        out = await asyncio.wait_for(reader.readexactly(4 * MAX_INFLIGHT), 5)
+        assert out == b"".join(frame(i) for i in range(MAX_INFLIGHT))
+        await asyncio.sleep(0.1)
+        assert disp.seen == MAX_INFLIGHT
+        await closed(writer)
+
+    run(test)
+
+
+def test_connection_accepted_just_before_the_pause_is_closed() -> None:
+    async def test(listener: TcpListener, _disp: Held, _port: int) -> None:
+        listener.pause()
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        with theirs:
+            theirs.setblocking(False)
+            # the protocol's connection_made runs a few loop turns after the accept: here, after the pause
+            transport, _ = await loop.connect_accepted_socket(lambda: TcpConnection(listener), ours)
+            assert transport.is_closing() and not listener.connections
+            assert await asyncio.wait_for(loop.sock_recv(theirs, 1), 5) == b""
+
+    run(test)

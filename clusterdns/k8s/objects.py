@@ -7,6 +7,7 @@ objects that differ only in fields DNS ignores compare equal (no useless re-deri
 from __future__ import annotations
 
 import ipaddress
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -107,10 +108,16 @@ def describe(raw: Any) -> str:
     return f"{raw.get('kind', '?')} {where}"
 
 
-def from_dict(raw: Any, kind: str | None = None) -> Object:
-    """Convert one API object (a dict from YAML or JSON); raises ObjectError naming it."""
+def from_dict(raw: Any, kind: str | None = None, *, pod_names: bool = True) -> Object:
+    """Convert one API object (a dict from YAML or JSON); raises ObjectError naming it.
+
+    ``pod_names=False`` leaves out the Pod names of endpoints: only ``endpoint_pod_names`` reads
+    them, and in a big cluster they are a tenth of the memory.
+    """
     try:
         kind = kind or raw["kind"]
+        if kind == "EndpointSlice":
+            return _endpoint_slice(raw, pod_names)
         parse = _PARSERS[kind]
         return parse(raw)
     except ObjectError:
@@ -130,13 +137,25 @@ def _meta(raw: dict[str, Any], namespaced: bool = True) -> tuple[str, str, tuple
     labels = meta.get("labels") or {}
     if not isinstance(labels, dict):
         raise ObjectError(f"{describe(raw)}: metadata.labels must be a map")
-    return ns, name, tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+    # namespaces and label keys repeat across thousands of objects: one copy of each
+    return sys.intern(ns), name, tuple(sorted((sys.intern(str(k)), str(v)) for k, v in labels.items()))
 
 
 def _ip(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"IP address must be a string, not {value!r}")
     return str(ipaddress.ip_address(value))
+
+
+# One tuple per distinct list of ports: most Services and slices share a few ("http" 80/TCP).
+_PORTS: dict[tuple[Port, ...], tuple[Port, ...]] = {}
+MAX_SHARED_PORTS = 4096
+
+
+def _shared(ports: tuple[Port, ...]) -> tuple[Port, ...]:
+    if len(_PORTS) < MAX_SHARED_PORTS:
+        return _PORTS.setdefault(ports, ports)
+    return _PORTS.get(ports, ports)
 
 
 def _ports(items: Any, raw: dict[str, Any]) -> tuple[Port, ...]:
@@ -148,13 +167,13 @@ def _ports(items: Any, raw: dict[str, Any]) -> tuple[Port, ...]:
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ObjectError(f"{describe(raw)}: bad port {port!r}")
         ports.append(Port(str(p.get("name") or ""), port, str(p.get("protocol") or "TCP").lower()))
-    return tuple(ports)
+    return _shared(tuple(ports))
 
 
 def _service(raw: dict[str, Any]) -> Service:
     ns, name, labels = _meta(raw)
     spec = raw.get("spec") or {}
-    stype = spec.get("type") or "ClusterIP"
+    stype = sys.intern(str(spec.get("type") or "ClusterIP"))
     ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
     if ips and ips[0] == "None":
         ips = []
@@ -167,7 +186,7 @@ def _service(raw: dict[str, Any]) -> Service:
                    _ports(spec.get("ports"), raw), labels)
 
 
-def _endpoint_slice(raw: dict[str, Any]) -> EndpointSlice:
+def _endpoint_slice(raw: dict[str, Any], pod_names: bool = True) -> EndpointSlice:
     ns, name, labels = _meta(raw)
     service = dict(labels).get(SERVICE_NAME_LABEL, "")
     endpoints = []
@@ -180,7 +199,7 @@ def _endpoint_slice(raw: dict[str, Any]) -> EndpointSlice:
             tuple(_ip(a) for a in ep["addresses"]),
             ready is None or bool(ready),  # unset means ready, as CoreDNS reads it
             str(ep.get("hostname") or "").lower(),
-            pod.lower() if isinstance(pod, str) and len(pod) < 64 else "",
+            pod.lower() if pod_names and isinstance(pod, str) and len(pod) < 64 else "",
         ))
     annotations = raw["metadata"].get("annotations") or {}
     trigger = annotations.get(TRIGGER_TIME_ANNOTATION)
@@ -202,7 +221,7 @@ def _pod(raw: dict[str, Any]) -> Pod:
     ns, name, labels = _meta(raw)
     status = raw.get("status") or {}
     ips = [p["ip"] for p in status.get("podIPs") or ()] or ([status["podIP"]] if status.get("podIP") else [])
-    return Pod(ns, name, tuple(_ip(i) for i in ips), str(status.get("phase") or ""), labels)
+    return Pod(ns, name, tuple(_ip(i) for i in ips), sys.intern(str(status.get("phase") or "")), labels)
 
 
-_PARSERS = {"Service": _service, "EndpointSlice": _endpoint_slice, "Namespace": _namespace, "Pod": _pod}
+_PARSERS = {"Service": _service, "Namespace": _namespace, "Pod": _pod}

@@ -34,7 +34,31 @@ def addr_type(ip: str) -> int:
 
 
 def reverse_name(ip: str) -> str:
-    return ipaddress.ip_address(ip).reverse_pointer + "."
+    """1.2.3.4 -> 4.3.2.1.in-addr.arpa. (``ip`` as ``str(ip_address)`` spells it)."""
+    if ":" not in ip:
+        return ".".join(reversed(ip.split("."))) + ".in-addr.arpa."
+    return ".".join(reversed(f"{int(ipaddress.IPv6Address(ip)):032x}")) + ".ip6.arpa."
+
+
+_NIBBLES = frozenset("0123456789abcdef")
+
+
+def _octet(label: str) -> bool:
+    return label.isascii() and label.isdigit() and (label == "0" or label[0] != "0") and int(label) < 256
+
+
+def address_of(name: str) -> str | None:
+    """The address a full reverse name stands for (4.3.2.1.in-addr.arpa. -> 1.2.3.4), spelt as
+    ``str(ip_address)`` spells it; None for any other name, partial or not in canonical form."""
+    if name.endswith(".in-addr.arpa."):
+        labels = name[: -len(".in-addr.arpa.")].split(".")
+        if len(labels) == 4 and all(_octet(x) for x in labels):
+            return ".".join(reversed(labels))
+    elif name.endswith(".ip6.arpa."):
+        nibbles = name[: -len(".ip6.arpa.")].split(".")
+        if len(nibbles) == 32 and all(len(x) == 1 and x in _NIBBLES for x in nibbles):
+            return str(ipaddress.IPv6Address(int("".join(reversed(nibbles)), 16)))
+    return None
 
 
 def dashed(ip: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from clusterdns.k8s import records
-from clusterdns.k8s.index import Index
+from clusterdns.k8s.index import Index, Table
 from clusterdns.k8s.objects import EndpointSlice, Namespace, Object, Pod, Service, key_of
 
 log = logging.getLogger("clusterdns.kubernetes")
@@ -49,7 +49,7 @@ class Store:
         self.filters = filters or Filters()
         self.on_programmed = on_programmed
         self.objects: dict[Key, Object] = {}
-        self._slices_of: dict[tuple[str, str], set[Key]] = {}
+        self._slices_of: Table[tuple[str, str], tuple[Key, ...]] = Table()  # a tuple: nearly always one
         self._ns_refs: Counter[str] = Counter()
 
     # --- feeding ---------------------------------------------------------------------------
@@ -87,18 +87,20 @@ class Store:
     def _link(self, key: Key, obj: Object) -> None:
         self._ns_refs[obj.namespace] += 1
         if isinstance(obj, EndpointSlice):
-            self._slices_of.setdefault((obj.namespace, obj.service), set()).add(key)
+            svc = (obj.namespace, obj.service)
+            self._slices_of[svc] = (*self._slices_of.get(svc, ()), key)
 
     def _unlink(self, key: Key, obj: Object) -> None:
         self._ns_refs[obj.namespace] -= 1
         if self._ns_refs[obj.namespace] <= 0:
             del self._ns_refs[obj.namespace]
         if isinstance(obj, EndpointSlice):
-            owned = self._slices_of.get((obj.namespace, obj.service))
-            if owned is not None:
-                owned.discard(key)
-                if not owned:
-                    del self._slices_of[(obj.namespace, obj.service)]
+            svc = (obj.namespace, obj.service)
+            owned = tuple(k for k in self._slices_of.get(svc, ()) if k != key)
+            if owned:
+                self._slices_of[svc] = owned
+            else:
+                self._slices_of.pop(svc, None)
 
     def _refresh(self, obj: Object, old: Object | None) -> None:
         """Re-derive whatever ``obj`` (and the version it replaced) contributes to."""

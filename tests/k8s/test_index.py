@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from dnslib import DNSRecord
 
 from clusterdns.k8s.index import Index
@@ -10,7 +12,7 @@ from clusterdns.k8s.records import Options
 from clusterdns.k8s.selector import parse as selector
 from clusterdns.k8s.store import Filters, Store
 from clusterdns.plugin import NOERROR
-from clusterdns.wire import T_A, T_SRV, parse_query
+from clusterdns.wire import T_A, T_PTR, T_SRV, parse_query
 
 ZONE = "cluster.local."
 
@@ -142,3 +144,50 @@ def test_store_namespace_labels_serve_only_matching_namespaces() -> None:
     assert not idx.exists("s.ns-b.svc.cluster.local.") and not store.namespace_exists("ns-b")
     store.upsert(from_dict({"kind": "Namespace", "metadata": {"name": "ns-b", "labels": {"team": "a"}}}))
     assert idx.exists("s.ns-b.svc.cluster.local.")  # a relabelled namespace brings its Services in
+
+
+def test_reverse_names_are_kept_under_their_address_and_answer_as_names() -> None:
+    idx = Index([ZONE, "in-addr.arpa."], 5)
+    ip, ptr = "10.0.0.1", "1.0.0.10.in-addr.arpa."
+    idx.set("svc/a", {"a.ns.svc.cluster.local.": [(T_A, ip)], ptr: [(T_PTR, "a.ns.svc.cluster.local.")]})
+    assert ip in idx._records and "1.0.0.10.in-addr.arpa." not in idx._records  # one string for both
+    assert idx.exists("1.0.0.10.in-addr.arpa.") and idx.exists("0.0.10.in-addr.arpa.")  # and its ENTs
+    assert not idx.exists("1.0.0.010.in-addr.arpa.") and not idx.exists("2.0.0.10.in-addr.arpa.")
+    req = parse_query(query("1.0.0.10.in-addr.arpa", "PTR"), "udp", ("127.0.0.1", 1))
+    first = idx.answer(req.qname, T_PTR)
+    assert first is not None and "1.0.0.10.in-addr.arpa." in idx.prepared
+    idx.set("svc/a", {"a.ns.svc.cluster.local.": [(T_A, ip)], ptr: [(T_PTR, "b.ns.svc.cluster.local.")]})
+    assert "1.0.0.10.in-addr.arpa." not in idx.prepared  # invalidated by name though stored by address
+    second = idx.answer(req.qname, T_PTR)
+    assert second is not None
+    assert [str(r.rdata) for r in DNSRecord.parse(second.build(req, b"")).rr] == ["b.ns.svc.cluster.local."]
+    idx.set("svc/a", {})
+    assert not idx.exists("1.0.0.10.in-addr.arpa.") and not idx.exists("0.0.10.in-addr.arpa.") and len(idx) == 0
+
+
+def test_a_name_is_one_string_however_often_its_owner_is_derived() -> None:
+    idx = Index([ZONE, "in-addr.arpa."], 5)
+    store = Store(idx, Options((ZONE,)))
+    store.upsert(from_dict(_svc("a", "n")))
+    slice_ = {
+        "kind": "EndpointSlice",
+        "metadata": {"name": "a-1", "namespace": "n", "labels": {"kubernetes.io/service-name": "a"}},
+        "endpoints": [{"addresses": ["10.9.0.1"]}],
+    }
+    store.upsert(from_dict(slice_))  # the Service's records derived a second time
+    base = "a.n.svc.cluster.local."
+    keys = {k: k for k in idx._records}
+    owned = idx._owned["svc/n/a"]
+    assert set(owned) == {base, "10-9-0-1." + base, "10.0.0.9", "10.9.0.1"}  # PTRs under their address
+    assert all(keys[k] is k for k in owned)  # _owned holds the very strings the records are kept under
+    ptr = idx._records["10.0.0.9"]
+    assert isinstance(ptr, tuple) and ptr[2] is keys[base] and ptr[0] is idx._records[base][0]  # type: ignore[index]
+
+
+def test_big_tables_stay_tracked_by_the_collector() -> None:
+    """An untracked dict is tracked again, into the youngest generation, by the next insert of a
+    tuple: the next young collection would then walk the whole table after every change."""
+    idx = Index([ZONE], 5)
+    idx.set("svc/a", {"a.ns.svc.cluster.local.": [(T_A, "10.0.0.1")]})
+    gc.collect()
+    assert gc.is_tracked(idx._records) and gc.is_tracked(idx._owned)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clusterdns.k8s import records
 from clusterdns.k8s.objects import ObjectError, from_dict
-from clusterdns.k8s.records import Options, dashed, pod_ip_from_label
+from clusterdns.k8s.records import Options, address_of, dashed, pod_ip_from_label, reverse_name
 from clusterdns.wire import T_A, T_AAAA, T_CNAME, T_PTR, T_SRV
 
 OPTS = Options(("cluster.local.",))
@@ -84,6 +88,37 @@ def test_endpoint_pod_names() -> None:
     slice_ = eps(endpoints=[{"addresses": ["10.1.0.9"], "targetRef": {"kind": "Pod", "name": "web-abc"}}])
     r = derive(svc(clusterIP="None"), slice_, opts=Options(("cluster.local.",), endpoint_pod_names=True))
     assert "web-abc.web.default.svc.cluster.local." in r
+
+
+def test_pod_names_are_left_out_unless_asked_for() -> None:
+    slice_ = eps(endpoints=[{"addresses": ["10.1.0.9"], "targetRef": {"kind": "Pod", "name": "web-abc"}}])
+    assert from_dict(slice_).endpoints[0].pod_name == "web-abc"  # type: ignore[union-attr]
+    assert from_dict(slice_, pod_names=False).endpoints[0].pod_name == ""  # type: ignore[union-attr]
+
+
+@given(st.ip_addresses())
+def test_reverse_name_and_address_of_are_inverse(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    name = reverse_name(str(ip))
+    assert name == ip.reverse_pointer + "."
+    assert address_of(name) == str(ip)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "0.0.10.in-addr.arpa.",  # partial: an empty non-terminal, not an address
+        "1.0.0.0.10.in-addr.arpa.",
+        "1.0.0.010.in-addr.arpa.",  # not the canonical spelling
+        "1.0.0.256.in-addr.arpa.",
+        "x.0.0.10.in-addr.arpa.",
+        "\u0661.0.0.10.in-addr.arpa.",
+        "1.0.ip6.arpa.",
+        "g" + ".0" * 31 + ".ip6.arpa.",
+        "web.default.svc.cluster.local.",
+    ],
+)
+def test_address_of_rejects_other_names(name: str) -> None:
+    assert address_of(name) is None
 
 
 def test_ignore_empty_service_and_noendpoints() -> None:

@@ -53,8 +53,9 @@ def read_documents(path: str) -> list[Any]:
     return out
 
 
-def load_objects(path: str) -> list[Object]:
-    """The usable objects of one file; raises OSError/ValueError/yaml.YAMLError if it is unreadable."""
+def load_objects(path: str, pod_names: bool = True) -> list[Object]:
+    """The usable objects of one file; raises OSError/ValueError/yaml.YAMLError if it is unreadable.
+    ``pod_names``: keep endpoints' Pod names (see objects.from_dict)."""
     objs: list[Object] = []
     for doc in read_documents(path):
         if not isinstance(doc, dict):
@@ -63,7 +64,7 @@ def load_objects(path: str) -> list[Object]:
         if doc.get("kind") not in KINDS:
             continue  # Deployments and the like: not DNS's business
         try:
-            objs.append(from_dict(doc))
+            objs.append(from_dict(doc, pod_names=pod_names))
         except ObjectError as e:
             log.warning("objects: %s: skipping %s", path, e)
     return objs
@@ -100,7 +101,7 @@ class FileSource:
                 continue
             self._stamps[path] = stamp
             try:
-                self._good[path] = load_objects(path)
+                self._good[path] = load_objects(path, store.opts.endpoint_pod_names)
                 changed = True
             except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__

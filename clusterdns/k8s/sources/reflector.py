@@ -203,7 +203,7 @@ class Reflector:
         if isinstance(raw, dict):
             raw.setdefault("kind", self.kind)  # list items carry no kind
         try:
-            return from_dict(raw, self.kind)
+            return from_dict(raw, self.kind, pod_names=store.opts.endpoint_pod_names)
         except ObjectError as e:
             log.warning("plugin/kubernetes: skipping %s", e)
             key = self._key(raw)
@@ -294,7 +294,7 @@ class Reflector:
                     if key is not None:
                         store.delete(key)
                 else:
-                    store.upsert(from_dict(obj, self.kind))
+                    store.upsert(from_dict(obj, self.kind, pod_names=store.opts.endpoint_pod_names))
             except ObjectError as e:
                 log.warning("plugin/kubernetes: skipping %s", e)
             except Exception:  # one object must not stop the watch

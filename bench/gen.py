@@ -51,6 +51,10 @@ class Cluster:
         k = self.endpoints_per_service
         return [str(ipaddress.IPv4Address(POD_IP_BASE + i * k + j)) for j in range(k)]
 
+    def pod_name(self, i: int, j: int) -> str:
+        """The Pod behind endpoint ``j`` of Service ``i`` (a Deployment's name-hash-suffix shape)."""
+        return f"svc-{i}-7d4b9c8f6d-{j:05d}"
+
     def addresses(self, i: int) -> list[str]:
         """What an A query for Service ``i`` answers."""
         return self.endpoint_ips(i) if self.headless(i) else [self.cluster_ip(i)]
@@ -72,13 +76,18 @@ def service_doc(c: Cluster, i: int, moved: bool = False) -> dict[str, Any]:
 
 
 def slice_doc(c: Cluster, i: int) -> dict[str, Any]:
-    """The EndpointSlice of Service ``i``: ``endpoints_per_service`` ready endpoints."""
+    """The EndpointSlice of Service ``i``: ``endpoints_per_service`` ready endpoints, each with the
+    node, zone and Pod reference a real one carries."""
     return {
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": f"svc-{i}-x7k2p", "namespace": c.namespace(i),
                      "labels": {"kubernetes.io/service-name": f"svc-{i}"}},
         "addressType": "IPv4",
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in c.endpoint_ips(i)],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True, "terminating": False},
+                       "nodeName": f"node-{j % 50}", "zone": "zone-a",
+                       "targetRef": {"kind": "Pod", "namespace": c.namespace(i), "name": c.pod_name(i, j),
+                                     "uid": f"00000000-0000-4000-8000-{i:06d}{j:06d}"}}
+                      for j, ip in enumerate(c.endpoint_ips(i))],
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
     }
 

@@ -1,5 +1,6 @@
 """The TCP transport: 2-byte length framing, pipelined queries answered in any order, an idle
-timeout, a cap on connections and on queries in flight per connection.
+timeout (after which a client that does not read its answers is reset), a cap on connections and
+on queries in flight per connection.
 
 A connection over the cap is accepted and closed at once, so its client sees the end of the
 stream and can try another server now rather than wait in the listen backlog for a free slot.
@@ -24,6 +25,7 @@ from clusterdns.server.sockets import StartError
 log = logging.getLogger("clusterdns.server")
 
 IDLE_TIMEOUT = 10.0  # seconds without a complete query before the connection is closed
+CLOSE_GRACE = 5.0  # seconds a closed connection has to deliver its last answers before it is reset
 MAX_CONNECTIONS = 1000
 MAX_CONNECTIONS_ENV = "CLUSTERDNS_TCP_MAX_CONNECTIONS"
 MAX_INFLIGHT = 128  # per connection; reading pauses above it
@@ -66,9 +68,20 @@ class TcpConnection(asyncio.Protocol):
 
     def _idle(self) -> None:
         if self.transport is not None and self.inflight == 0:
-            self.transport.close()
+            self.close()
         elif self.transport is not None:
             self._arm()
+
+    def close(self) -> None:
+        """Close once the answers written so far are delivered, or reset after ``close_grace``:
+        a client that reads nothing would otherwise hold the connection (and its slot) for ever."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        t.close()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(self.server.close_grace, t.abort)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -105,11 +118,13 @@ class TcpListener:
     """Serves one bound, listening TCP socket."""
 
     def __init__(
-        self, sock: Any, dispatcher: Dispatcher, idle_timeout: float = IDLE_TIMEOUT, max_connections: int = 0
+        self, sock: Any, dispatcher: Dispatcher, idle_timeout: float = IDLE_TIMEOUT, max_connections: int = 0,
+        close_grace: float = CLOSE_GRACE,
     ) -> None:
         self.sock = sock
         self.dispatcher = dispatcher
         self.idle_timeout = idle_timeout
+        self.close_grace = close_grace
         self.max_connections = max_connections  # 0: configured_max_connections(), read at start
         self.connections: set[TcpConnection] = set()
         self.server: asyncio.Server | None = None
@@ -135,8 +150,7 @@ class TcpListener:
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
 
 
 def configured_max_connections() -> int:

@@ -217,3 +217,36 @@ def test_connection_accepted_just_before_the_pause_is_closed() -> None:
             assert await asyncio.wait_for(loop.sock_recv(theirs, 1), 5) == b""
 
     run(test)
+
+
+def test_a_client_that_reads_no_answers_is_reset_after_the_close_grace() -> None:
+    """close() waits for the answers to be delivered; one that never reads them loses the
+    connection after ``close_grace`` instead of holding it (and its slot under the cap) for ever."""
+
+    async def main() -> None:
+        disp = Held()
+        sock = bind_socket("127.0.0.1", 0, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # inherited by accepted sockets
+        listener = TcpListener(sock, disp, idle_timeout=0.2, max_connections=10, close_grace=0.3)
+        await listener.start()
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(client, sock.getsockname())
+            big = b"\xff\xff" + bytes(65535)  # Held echoes it: a 64 KiB answer
+            for _ in range(6):
+                await asyncio.get_running_loop().sock_sendall(client, big)
+            await until(lambda: disp.seen == 6)
+            disp.answer()  # ~384 KiB of answers: far more than the two small socket buffers hold
+            (conn,) = listener.connections
+            await asyncio.sleep(0.3)  # idle: the server closes, but the answers cannot be written
+            assert conn.transport is not None and conn.transport.is_closing()
+            assert conn.transport.get_write_buffer_size() > 0
+            await until(lambda: not listener.connections, timeout=3)  # reset after the grace
+        finally:
+            client.close()
+            listener.close()
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -18,6 +19,7 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rrset
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -309,6 +311,64 @@ def test_sigterm_without_lameduck_exits_at_once(start_server: StartServer) -> No
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(2.0) == 0
     assert time.monotonic() - start < 2.0
+
+
+class SlowUpstream(threading.Thread):
+    """A loopback UDP resolver that answers every query with 192.0.2.7 after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(daemon=True)
+        self.delay = delay
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(10)
+        self.port = self.sock.getsockname()[1]
+        self.asked = threading.Semaphore(0)
+
+    def run(self) -> None:
+        for _ in range(2):  # bounded: the two queries of the test
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            self.asked.release()
+            reply = dns.message.make_response(dns.message.from_wire(data))
+            reply.answer.append(dns.rrset.from_text(reply.question[0].name, 60, "IN", "A", "192.0.2.7"))
+            threading.Timer(self.delay, self.sock.sendto, (reply.to_wire(), addr)).start()
+
+
+def test_sigterm_answers_the_queries_in_flight_over_udp_and_tcp(start_server: StartServer) -> None:
+    """Queries waiting on an upstream when SIGTERM arrives are answered before the exit, over TCP
+    as over UDP: the listeners stop reading but keep their sockets until the answers are out."""
+    upstream = SlowUpstream(delay=0.5)
+    upstream.start()
+    # prefer_udp: the query that came over TCP goes to the upstream over UDP too
+    srv = start_server(f".:{{port}} {{\n    bind 127.0.0.1\n    forward . 127.0.0.1:{upstream.port} {{\n"
+                       "        prefer_udp\n    }\n}\n")
+    results: dict[str, Any] = {}
+
+    def ask(proto: str) -> None:
+        q = dns.message.make_query(f"{proto}.example.", "A")
+        send = dns.query.tcp if proto == "tcp" else dns.query.udp
+        try:
+            results[proto] = send(q, "127.0.0.1", port=srv.port, timeout=5)
+        except Exception as e:  # reported by the assertion below
+            results[proto] = e
+
+    clients = [threading.Thread(target=ask, args=(p,), daemon=True) for p in ("udp", "tcp")]
+    for c in clients:
+        c.start()
+    for _ in clients:
+        assert upstream.asked.acquire(timeout=5), "the queries never reached the upstream"
+    srv.proc.send_signal(signal.SIGTERM)
+    for c in clients:
+        c.join(6)
+    for proto in ("udp", "tcp"):
+        r = results.get(proto)
+        assert isinstance(r, dns.message.Message), f"{proto}: {r!r}"
+        assert answers(r) == {"192.0.2.7"}, f"{proto}: {r}"
+    assert srv.proc.wait(3) == 0
+    upstream.sock.close()
 
 
 class QueryLoop(threading.Thread):

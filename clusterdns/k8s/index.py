@@ -107,6 +107,8 @@ class Index:
         self._records: Table[str, Contrib] = Table()  # by key
         self._owned: Table[str, tuple[str, ...]] = Table()  # owner -> its keys
         self._ents: Table[str, int] = Table()  # by name
+        # SRV target -> the names whose prepared answers carry its A/AAAA as glue
+        self._glued: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._records)
@@ -171,14 +173,14 @@ class Index:
         for key in old:
             if key not in fresh:
                 self._drop(key, owner)
-                self.prepared.pop(_name(key), None)
+                self._invalidate(_name(key))
                 changed = True
         for key, recs in fresh.items():
             rrs = tuple((t, _shared(v, canon)) for t, v in recs)
             if key in was and self._of(key, owner) == rrs:
                 continue
             self._put(key, owner, rrs, canon)
-            self.prepared.pop(_name(key), None)
+            self._invalidate(_name(key))
             changed = True
         if fresh:
             self._owned[owner] = tuple(fresh)
@@ -188,6 +190,12 @@ class Index:
             self.serial = int(time.time())
             self.generation += 1
         return changed
+
+    def _invalidate(self, name: str) -> None:
+        """Drop the prepared answers for ``name`` and those carrying its records as glue."""
+        self.prepared.pop(name, None)
+        for srv in self._glued.pop(name, ()):
+            self.prepared.pop(srv, None)
 
     def _stored_owner(self, key: str, owner: str) -> str:
         """The string equal to ``owner`` that ``key``'s entry already holds (else ``owner``)."""
@@ -241,7 +249,11 @@ class Index:
             prepared = NODATA_ANSWER
         else:
             answer = b"".join(rr(QNAME_PTR, t, self.ttl, v) for t, v in match)
-            glue = [self._glue(v[3]) for t, v in match if t == T_SRV]  # type: ignore[index]
+            targets = [str(v[3]) for t, v in match if t == T_SRV]  # type: ignore[index]
+            glue = [self._glue(host) for host in targets]
+            for host in targets:
+                if host != name:  # a change to the name itself drops its answers anyway
+                    self._glued.setdefault(host, set()).add(name)
             extra = b"".join(b for g in glue for b in g)
             target = str(cname[0][1]) if cname and qtype != T_CNAME else ""
             prepared = Prepared(NOERROR, len(match), sum(len(g) for g in glue), answer + extra, False, target)

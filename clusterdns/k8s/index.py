@@ -200,8 +200,8 @@ class Index:
     def _stored_owner(self, key: str, owner: str) -> str:
         """The string equal to ``owner`` that ``key``'s entry already holds (else ``owner``)."""
         c = self._records.get(key)
-        stored = [k for k in (c if isinstance(c, dict) else c[:1] if c else ()) if k == owner]
-        return str(stored[0]) if stored else owner
+        holders = c.keys() if isinstance(c, dict) else c[:1] if c else ()
+        return next((str(k) for k in holders if k == owner), owner)
 
     def _ancestors(self, name: str, delta: int, canon: dict[str, str] | None = None) -> None:
         """Keep the empty non-terminals above ``name`` (up to its zone apex) counted."""

@@ -152,7 +152,7 @@ _PORTS: dict[tuple[Port, ...], tuple[Port, ...]] = {}
 MAX_SHARED_PORTS = 4096
 
 
-def _shared(ports: tuple[Port, ...]) -> tuple[Port, ...]:
+def _shared_ports(ports: tuple[Port, ...]) -> tuple[Port, ...]:
     if len(_PORTS) < MAX_SHARED_PORTS:
         return _PORTS.setdefault(ports, ports)
     return _PORTS.get(ports, ports)
@@ -167,7 +167,7 @@ def _ports(items: Any, raw: dict[str, Any]) -> tuple[Port, ...]:
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ObjectError(f"{describe(raw)}: bad port {port!r}")
         ports.append(Port(str(p.get("name") or ""), port, str(p.get("protocol") or "TCP").lower()))
-    return _shared(tuple(ports))
+    return _shared_ports(tuple(ports))
 
 
 def _service(raw: dict[str, Any]) -> Service:

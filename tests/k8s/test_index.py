@@ -192,20 +192,3 @@ def test_big_tables_stay_tracked_by_the_collector() -> None:
     gc.collect()
     assert gc.is_tracked(idx._records) and gc.is_tracked(idx._owned)
 
-
-def test_srv_glue_follows_its_target_when_only_the_address_changes() -> None:
-    """A StatefulSet Pod restarted with a new IP: its hostname, hence the SRV record, is the same;
-    the prepared SRV answer carries the old address as glue and must be dropped too."""
-    idx = Index([ZONE], 5)
-    srv, target = "_web._tcp.nginx.ns.svc.cluster.local.", "web-0.nginx.ns.svc.cluster.local."
-
-    def derive(ip: str) -> None:
-        idx.set("svc/ns/nginx", {srv: [(T_SRV, (0, 100, 80, target))], target: [(T_A, ip)]})
-
-    derive("10.1.0.1")
-    req = parse_query(query(srv, "SRV"), "udp", ("127.0.0.1", 1))
-    first = idx.answer(req.qname, T_SRV)
-    assert first is not None and [str(r.rdata) for r in DNSRecord.parse(first.build(req, b"")).ar] == ["10.1.0.1"]
-    derive("10.1.0.2")
-    second = idx.answer(req.qname, T_SRV)
-    assert second is not None and [str(r.rdata) for r in DNSRecord.parse(second.build(req, b"")).ar] == ["10.1.0.2"]
